@@ -1,0 +1,352 @@
+"""VM-UNet (Ruan, Li & Xiang 2024) re-implemented with the authors' parameter names.
+
+Module and parameter names, registration order and initialisation follow JCruan519/VM-UNet
+(``models/vmunet/{vmunet,vmamba}.py``), so ``state_dict()`` has exactly the authors' keys,
+order and shapes and their checkpoints load strictly. What differs is how it runs: the selective
+scan goes through :mod:`napari_vmunet.scan` (CPU, CUDA or mamba-ssm), and inputs whose sides the
+network cannot handle get a clear error instead of a shape mismatch deep inside.
+
+Tensors between modules are channels-last (B, H, W, C), as in the original.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..scan import resolve_backend, selective_scan
+from .config import EXPAND, PATCH_SIZE, VMUNetConfig, dt_rank
+
+N_DIRECTIONS = 4  # row-major, column-major and both reversed
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity at eval), as timm's DropPath."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x):
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class PatchEmbed2D(nn.Module):
+    def __init__(self, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=PATCH_SIZE, stride=PATCH_SIZE)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x):
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging2D(nn.Module):
+    """2x2 neighbourhoods -> channels (phase order of the original), LayerNorm, Linear 4C -> 2C."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x):
+        x = torch.cat(
+            [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1
+        )
+        return self.reduction(self.norm(x))
+
+
+def _pixels_from_channels(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """einops ``b h w (p1 p2 c) -> b (h p1) (w p2) c``: the original's channel order, which is
+    not pixel_shuffle's (c, p1, p2)."""
+    b, h, w, c = x.shape
+    c //= scale * scale
+    x = x.view(b, h, w, scale, scale, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * scale, w * scale, c)
+
+
+class PatchExpand2D(nn.Module):
+    """Decoder upsampling: Linear 2d -> 4d, then 2x2 pixels of d channels each."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.expand = nn.Linear(2 * dim, 4 * dim, bias=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        return self.norm(_pixels_from_channels(self.expand(x), 2))
+
+
+class FinalPatchExpand2D(nn.Module):
+    """Back to full resolution: Linear d -> 4d, then 4x4 pixels of d/4 channels each."""
+
+    def __init__(self, dim: int, scale: int = PATCH_SIZE):
+        super().__init__()
+        self.scale = scale
+        self.expand = nn.Linear(dim, scale * dim, bias=False)
+        self.norm = nn.LayerNorm(dim // scale)
+
+    def forward(self, x):
+        return self.norm(_pixels_from_channels(self.expand(x), self.scale))
+
+
+class SS2D(nn.Module):
+    """2D selective scan: the image is read in four directions, each direction is a selective
+    state-space scan, and the four results are summed back in row-major order."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 3):
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = EXPAND * d_model
+        self.dt_rank = dt_rank(d_model)
+        self.scan_backend: str | None = None  # None: automatic, see napari_vmunet.scan
+        d_inner, k = self.d_inner, N_DIRECTIONS
+
+        # Parameters before submodules: this is the authors' state_dict order.
+        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv2d = nn.Conv2d(
+            d_inner, d_inner, kernel_size=d_conv, padding=(d_conv - 1) // 2, groups=d_inner
+        )
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min=1e-3, dt_max=0.1, dt_floor=1e-4):
+        """The original's initialisation of the raw SSM parameters (S4D-real A, D = 1, dt bias
+        such that softplus(bias) is log-uniform in [dt_min, dt_max])."""
+        bound = 1.0 / math.sqrt(self.d_inner)  # nn.Linear's default for x_proj
+        self.x_proj_weight.uniform_(-bound, bound)
+        self.dt_projs_weight.uniform_(-self.dt_rank**-0.5, self.dt_rank**-0.5)
+        dt = torch.exp(
+            torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min))
+            + math.log(dt_min)
+        ).clamp(min=dt_floor)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)))
+        self.Ds.fill_(1.0)
+
+    def forward(self, x):
+        b, h, w, _ = x.shape
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
+        y = self._scan_2d(x)  # (B, d_inner, L) float32, row-major
+        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, -1))
+        return self.out_proj(y * F.silu(z))
+
+    def _scan_2d(self, x: torch.Tensor) -> torch.Tensor:
+        b, d, h, w = x.shape
+        length, k = h * w, N_DIRECTIONS
+        row_major = x.reshape(b, d, length)
+        col_major = x.transpose(2, 3).reshape(b, d, length)
+        xs = torch.stack([row_major, col_major], dim=1)
+        xs = torch.cat([xs, xs.flip(-1)], dim=1)  # (B, K, D, L)
+
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+
+        # The scan runs in float32 whatever the autocast dtype, as in the original.
+        ys = selective_scan(
+            xs.float().reshape(b, k * d, length),
+            dts.float().reshape(b, k * d, length),
+            -torch.exp(self.A_logs.float()),
+            Bs.float(),
+            Cs.float(),
+            self.Ds.float(),
+            delta_bias=self.dt_projs_bias.float().reshape(-1),
+            delta_softplus=True,
+            backend=self.scan_backend,
+        ).view(b, k, d, length)
+
+        flipped = ys[:, 2:4].flip(-1)
+        from_cols = ys[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
+        from_cols_rev = flipped[:, 1].reshape(b, d, w, h).transpose(2, 3).reshape(b, d, length)
+        return ys[:, 0] + flipped[:, 0] + from_cols + from_cols_rev
+
+
+class VSSBlock(nn.Module):
+    """Pre-norm residual SS2D block (no MLP)."""
+
+    def __init__(self, hidden_dim: int, drop_path: float, d_state: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(hidden_dim)
+        self.self_attention = SS2D(hidden_dim, d_state=d_state)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x):
+        return x + self.drop_path(self.self_attention(self.ln_1(x)))
+
+
+def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
+    for block in blocks:
+        if use_checkpoint and x.requires_grad:
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x)
+    return x
+
+
+class VSSLayer(nn.Module):
+    """Encoder stage: blocks, then (except the last stage) patch merging."""
+
+    def __init__(self, dim, depth, drop_path, d_state, downsample: bool):
+        super().__init__()
+        self.use_checkpoint = False
+        self.blocks = nn.ModuleList(VSSBlock(dim, drop_path[i], d_state) for i in range(depth))
+        self.downsample = PatchMerging2D(dim) if downsample else None
+
+    def forward(self, x):
+        x = _run_blocks(self.blocks, x, self.use_checkpoint)
+        return self.downsample(x) if self.downsample is not None else x
+
+
+class VSSLayerUp(nn.Module):
+    """Decoder stage: (except the first stage) patch expanding, then blocks."""
+
+    def __init__(self, dim, depth, drop_path, d_state, upsample: bool):
+        super().__init__()
+        self.use_checkpoint = False
+        self.blocks = nn.ModuleList(VSSBlock(dim, drop_path[i], d_state) for i in range(depth))
+        self.upsample = PatchExpand2D(dim) if upsample else None
+
+    def forward(self, x):
+        if self.upsample is not None:
+            x = self.upsample(x)
+        return _run_blocks(self.blocks, x, self.use_checkpoint)
+
+
+class VSSM(nn.Module):
+    """The network body: patch embedding, encoder, decoder with additive skips, final expansion."""
+
+    def __init__(self, config: VMUNetConfig):
+        super().__init__()
+        dims, dims_up = config.dims, config.dims_decoder
+        stages = len(dims)
+        self.patch_embed = PatchEmbed2D(config.in_chans, dims[0])
+        dpr = torch.linspace(0, config.drop_path_rate, sum(config.depths)).tolist()
+        dpr_up = torch.linspace(0, config.drop_path_rate, sum(config.depths_decoder)).tolist()[::-1]
+
+        def rates(values, depths, i):
+            return values[sum(depths[:i]) : sum(depths[: i + 1])]
+
+        self.layers = nn.ModuleList(
+            VSSLayer(dims[i], config.depths[i], rates(dpr, config.depths, i), config.d_state,
+                     downsample=i < stages - 1)
+            for i in range(stages)
+        )
+        self.layers_up = nn.ModuleList(
+            VSSLayerUp(dims_up[i], config.depths_decoder[i],
+                       rates(dpr_up, config.depths_decoder, i), config.d_state, upsample=i != 0)
+            for i in range(stages)
+        )
+        self.final_up = FinalPatchExpand2D(dims_up[-1])
+        self.final_conv = nn.Conv2d(dims_up[-1] // PATCH_SIZE, config.num_classes, 1)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def forward_features(self, x):
+        """Encoder; returns the bottleneck and the tensors entering each encoder stage."""
+        x = self.patch_embed(x)
+        skips = []
+        for layer in self.layers:
+            skips.append(x)
+            x = layer(x)
+        return x, skips
+
+    def forward_features_up(self, x, skips):
+        """Decoder; skip connections are added (not concatenated) before upsampling."""
+        for i, layer_up in enumerate(self.layers_up):
+            x = layer_up(x if i == 0 else x + skips[-i])
+        return x
+
+    def forward_final(self, x):
+        return self.final_conv(self.final_up(x).permute(0, 3, 1, 2))
+
+    def forward(self, x):
+        x, skips = self.forward_features(x)
+        return self.forward_final(self.forward_features_up(x, skips))
+
+
+class VMUNet(nn.Module):
+    """VM-UNet with the authors' state_dict layout (every key starts with ``vmunet.``).
+
+    ``forward`` has the authors' semantics: a 1-channel input is tiled to the model's channels,
+    and the output is a sigmoid probability when there is one class, logits otherwise.
+    ``forward_logits`` always returns logits (for training losses and softmax/argmax).
+    """
+
+    def __init__(self, config: VMUNetConfig | None = None):
+        super().__init__()
+        self.config = config or VMUNetConfig()
+        self.recipe = None  # the preprocessing this model expects; set by checkpoint loading
+        self.vmunet = VSSM(self.config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.forward_logits(x)
+        return torch.sigmoid(logits) if self.config.num_classes == 1 else logits
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        if x.shape[1] == 1 and self.config.in_chans != 1:
+            x = x.expand(-1, self.config.in_chans, -1, -1)
+        return self.vmunet(x)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` with what to do when ``x`` cannot go through the network."""
+        if x.dim() != 4:
+            raise ValueError(f"VM-UNet expects a (batch, channels, height, width) tensor, got shape "
+                             f"{tuple(x.shape)}")
+        channels, (h, w) = x.shape[1], x.shape[2:]
+        if channels not in (1, self.config.in_chans):
+            raise ValueError(f"this model takes {self.config.in_chans}-channel (or 1-channel) "
+                             f"images, got {channels} channels")
+        m = self.config.size_multiple
+        if h % m or w % m or h == 0 or w == 0:
+            raise ValueError(
+                f"VM-UNet needs image sides that are multiples of {m}, got {h}x{w}; pad or resize "
+                f"to {math.ceil(h / m) * m}x{math.ceil(w / m) * m} (the Segmenter does this for you)"
+            )
+
+    def set_scan_backend(self, name: str | None) -> None:
+        """Force a selective-scan backend for every block (None: choose automatically)."""
+        for module in self.modules():
+            if isinstance(module, SS2D):
+                module.scan_backend = name
+
+    def scan_backend_for(self, device: torch.device | str) -> str:
+        """The scan backend this model uses on ``device`` (raises if a forced one can't run)."""
+        forced = next((m.scan_backend for m in self.modules() if isinstance(m, SS2D)), None)
+        return resolve_backend(device, forced)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute block activations in backward: less memory for training, ~30% more time."""
+        for layer in (*self.vmunet.layers, *self.vmunet.layers_up):
+            layer.use_checkpoint = enabled
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,131 @@
+"""One selective-scan function, several backends.
+
+``selective_scan`` has the semantics of mamba's ``selective_scan_fn`` as VM-UNet calls it. Which
+backend computes it is chosen per device, fastest first, and can be forced with the ``backend``
+argument or the ``NAPARI_VMUNET_SCAN`` environment variable:
+
+- ``reference``: the plain recurrence; any device and dtype; the ground truth for tests.
+- ``cpu``: a compiled CPU kernel (numba), forward and backward.
+- ``mamba``: mamba-ssm's CUDA kernel, when the optional package imports.
+
+Backends are imported only when first used, and new ones (a GPU kernel) join through
+:func:`register_backend` without touching the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+ENV_VAR = "NAPARI_VMUNET_SCAN"
+
+
+@dataclass(frozen=True)
+class ScanBackend:
+    name: str
+    module: str  # imported on first use; provides selective_scan() and optionally unavailable_reason()
+    devices: tuple[str, ...]  # torch device types it runs on
+    description: str
+
+
+_REGISTRY: dict[str, ScanBackend] = {}
+# Automatic choice per device type, best first. Names not registered are skipped, so a backend
+# can be listed before it exists.
+_PREFERENCE: dict[str, list[str]] = {
+    "cuda": ["triton", "mamba", "reference"],
+    "cpu": ["cpu", "reference"],
+}
+
+
+@functools.cache
+def _load(name: str):
+    """Import a backend; returns (module, None) or (None, reason it cannot be used)."""
+    try:
+        module = importlib.import_module(_REGISTRY[name].module)
+    except Exception as exc:  # a missing or broken optional package
+        return None, f"cannot be imported ({type(exc).__name__}: {exc})"
+    check = getattr(module, "unavailable_reason", None)
+    reason = check() if check is not None else None
+    return (None, reason) if reason else (module, None)
+
+
+def register_backend(backend: ScanBackend, prefer_on: tuple[str, ...] = ()) -> None:
+    """Add a backend; ``prefer_on`` puts it first in the automatic choice for those device types."""
+    _REGISTRY[backend.name] = backend
+    for device_type in prefer_on:
+        order = _PREFERENCE.setdefault(device_type, ["reference"])
+        if backend.name in order:
+            order.remove(backend.name)
+        order.insert(0, backend.name)
+    _load.cache_clear()
+
+
+register_backend(ScanBackend(
+    "reference", f"{__name__}.reference", ("cpu", "cuda", "mps", "xpu"),
+    "plain recurrence in PyTorch (slow; the ground truth)",
+))
+register_backend(ScanBackend("cpu", f"{__name__}.cpu", ("cpu",), "compiled CPU kernel (numba)"))
+register_backend(ScanBackend("mamba", f"{__name__}.mamba", ("cuda",), "mamba-ssm's CUDA kernel"))
+
+
+def backend_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def unavailable_reason(name: str, device: torch.device | str = "cpu") -> str | None:
+    """None if backend ``name`` can run on ``device``, otherwise a sentence saying why not."""
+    device_type = torch.device(device).type
+    if name not in _REGISTRY:
+        return f"unknown scan backend {name!r}; choose one of {', '.join(_REGISTRY)}"
+    if device_type not in _REGISTRY[name].devices:
+        return f"runs on {'/'.join(_REGISTRY[name].devices)} only, not {device_type}"
+    return _load(name)[1]
+
+
+def resolve_backend(device: torch.device | str, requested: str | None = None) -> str:
+    """The backend to use on ``device``: ``requested``, else ``$NAPARI_VMUNET_SCAN``, else the best
+    available. A backend that was asked for but cannot run raises instead of being replaced."""
+    source = "requested"
+    if requested is None and os.environ.get(ENV_VAR):
+        requested, source = os.environ[ENV_VAR].strip(), f"set by {ENV_VAR}"
+    if requested is not None:
+        reason = unavailable_reason(requested, device)
+        if reason:
+            raise RuntimeError(f"scan backend {requested!r} ({source}) cannot be used: {reason}")
+        return requested
+    device_type = torch.device(device).type
+    for name in _PREFERENCE.get(device_type, ["reference"]):
+        if name in _REGISTRY and unavailable_reason(name, device) is None:
+            return name
+    return "reference"
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """mamba's ``selective_scan_fn`` (without ``z`` and the last state), on the chosen backend.
+
+    u, delta: (batch, channels, L); A: (channels, N); B, C: (batch, N, L) or grouped
+    (batch, G, N, L); D, delta_bias: (channels,). Returns (batch, channels, L) in u's dtype.
+    """
+    name = resolve_backend(u.device, backend)
+    module = _load(name)[0]
+    return module.selective_scan(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def backend_report(device: torch.device | str) -> list[tuple[str, str, str | None]]:
+    """(name, description, reason it is unavailable or None) for every backend, on ``device``."""
+    return [(b.name, b.description, unavailable_reason(b.name, device)) for b in _REGISTRY.values()]
