@@ -21,7 +21,7 @@ import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,8 @@ def _torch_load_safely(path: Path) -> Any:
         if refused:
             raise CheckpointError(
                 f"{path.name} was refused: loading it would run code from the file (it needs "
-                f"{', '.join(refused[:5])}). Checkpoints are untrusted input and napari-vmunet only "
-                "reads tensors. If you made this file, re-save just the weights: "
+                f"{', '.join(refused[:5])}). Checkpoints are untrusted input and napari-vmunet "
+                "only reads tensors. If you made this file, re-save just the weights: "
                 "torch.save(model.state_dict(), 'weights.pth')."
             ) from None
         try:
@@ -172,9 +172,9 @@ def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
         isinstance(v, torch.Tensor) for v in obj.values()
     ):
         raise CheckpointError(
-            f"{path.name} looks like VMamba ImageNet weights (a 'model' entry, no VM-UNet decoder); "
-            "they initialise a new model's encoder and decoder: use init_from_vmamba(model, path) "
-            "or 'napari-vmunet train --init-vmamba'."
+            f"{path.name} looks like VMamba ImageNet weights (a 'model' entry, no VM-UNet "
+            "decoder); they initialise a new model's encoder and decoder: use "
+            "init_from_vmamba(model, path)."
         )
     return obj
 
@@ -273,8 +273,9 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` in our safetensors format, atomically.
 
-    ``recipe``/``class_names`` default to the model's own. ``provenance`` is merged with what is
-    known automatically: the parent checkpoint's hash, the time and the software versions.
+    ``recipe``/``class_names`` default to the model's own. ``provenance`` (data, slices, steps,
+    metrics...) is completed with what is known automatically: the checkpoint the model was
+    loaded from (name and SHA-256), the time and the software versions.
     An existing file is never replaced unless ``overwrite``; the file the model was loaded from
     is never replaced at all. ``dtype`` (e.g. torch.float16) shrinks the file.
     """
@@ -282,7 +283,9 @@ def save_checkpoint(
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"napari-vmunet saves .safetensors files, not {path.suffix or 'no suffix'}")
+        raise ValueError(
+            f"napari-vmunet saves .safetensors files, not {path.suffix or 'files without suffix'}"
+        )
     parent = getattr(model, "checkpoint_path", None)
     if parent is not None and path.exists() and path.resolve() == Path(parent).resolve():
         raise FileExistsError(
@@ -300,9 +303,8 @@ def save_checkpoint(
     info = {
         "parent_sha256": getattr(model, "checkpoint_sha256", None),
         "parent_name": Path(parent).name if parent else None,
-        **(getattr(model, "provenance", None) or {}),
         **(provenance or {}),
-        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": _versions(),
     }
     metadata = {

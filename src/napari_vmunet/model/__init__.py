@@ -3,7 +3,7 @@
 from .config import PRESETS, VMUNetConfig, infer_config
 from .vmunet import VMUNet
 
-__all__ = ["PRESETS", "VMUNet", "VMUNetConfig", "infer_config", "build_model"]
+__all__ = ["PRESETS", "VMUNet", "VMUNetConfig", "build_model", "infer_config"]
 
 
 def build_model(config: VMUNetConfig | str = "isic") -> VMUNet:

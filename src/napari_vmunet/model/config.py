@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 PATCH_SIZE = 4  # the patch embedding's stride; fixed in the authors' code
 EXPAND = 2  # SS2D inner width = EXPAND * block width; fixed in the authors' code
@@ -44,10 +45,11 @@ class VMUNetConfig:
             )
         if self.num_classes < 1 or self.in_chans < 1 or self.d_state < 1:
             raise ValueError("num_classes, in_chans and d_state must be positive")
-        if any(d % 4 for d in self.dims) or any(b < a for a, b in zip(self.dims, self.dims[1:])):
+        growing = all(a <= b for a, b in zip(self.dims, self.dims[1:], strict=False))
+        if any(d % 4 for d in self.dims) or not growing:
             raise ValueError(f"dims must be multiples of 4 and non-decreasing, got {self.dims}")
-        if self.depths[0] < 0 or min(self.depths_decoder) < 0:
-            raise ValueError("depths cannot be negative")
+        if min(self.depths) < 1 or min(self.depths_decoder) < 1:
+            raise ValueError("every stage needs at least one block")
 
     @property
     def dims_decoder(self) -> tuple[int, ...]:
@@ -66,7 +68,7 @@ class VMUNetConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VMUNetConfig:
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown VM-UNet config fields: {', '.join(sorted(unknown))}")

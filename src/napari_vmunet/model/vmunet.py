@@ -319,8 +319,8 @@ class VMUNet(nn.Module):
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` with what to do when ``x`` cannot go through the network."""
         if x.dim() != 4:
-            raise ValueError(f"VM-UNet expects a (batch, channels, height, width) tensor, got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError("VM-UNet expects a (batch, channels, height, width) tensor, got "
+                             f"shape {tuple(x.shape)}")
         channels, (h, w) = x.shape[1], x.shape[2:]
         if channels not in (1, self.config.in_chans):
             raise ValueError(f"this model takes {self.config.in_chans}-channel (or 1-channel) "
@@ -328,8 +328,9 @@ class VMUNet(nn.Module):
         m = self.config.size_multiple
         if h % m or w % m or h == 0 or w == 0:
             raise ValueError(
-                f"VM-UNet needs image sides that are multiples of {m}, got {h}x{w}; pad or resize "
-                f"to {math.ceil(h / m) * m}x{math.ceil(w / m) * m} (the Segmenter does this for you)"
+                f"VM-UNet needs image sides that are multiples of {m}, got {h}x{w}; pad or "
+                f"resize to {math.ceil(h / m) * m}x{math.ceil(w / m) * m} (the Segmenter does "
+                "this for you)"
             )
 
     def set_scan_backend(self, name: str | None) -> None:

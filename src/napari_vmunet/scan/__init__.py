@@ -27,7 +27,7 @@ ENV_VAR = "NAPARI_VMUNET_SCAN"
 @dataclass(frozen=True)
 class ScanBackend:
     name: str
-    module: str  # imported on first use; provides selective_scan() and optionally unavailable_reason()
+    module: str  # imported on first use: selective_scan(), optionally unavailable_reason()
     devices: tuple[str, ...]  # torch device types it runs on
     description: str
 

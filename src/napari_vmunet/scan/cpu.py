@@ -162,13 +162,20 @@ def _position_major(x: torch.Tensor) -> torch.Tensor:
     return x.detach().to(torch.float32).transpose(-1, -2).contiguous()
 
 
-def _effective_delta(delta, delta_bias, delta_softplus):
+def _effective_delta(delta, delta_bias, delta_softplus, with_grad=False):
+    """softplus(delta + bias) in float32 and, for backward, its derivative (None if linear)."""
     delta = delta.detach().to(torch.float32)
     if delta_bias is not None:
         delta = delta + delta_bias.detach().to(torch.float32)[:, None]
-    if delta_softplus:
-        return F.softplus(delta, threshold=20.0), torch.sigmoid(delta)
-    return delta, None
+    if not delta_softplus:
+        return delta, None
+    return F.softplus(delta, threshold=20.0), torch.sigmoid(delta) if with_grad else None
+
+
+def _skip_weights(D, channels):
+    if D is None:
+        return torch.zeros(channels, dtype=torch.float32)
+    return D.detach().to(torch.float32).contiguous()
 
 
 class _SelectiveScanCPU(torch.autograd.Function):
@@ -176,13 +183,13 @@ class _SelectiveScanCPU(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
         channels = u.shape[1]
         d_eff, _ = _effective_delta(delta, delta_bias, delta_softplus)
-        D_ = D.detach().to(torch.float32) if D is not None else u.new_zeros(channels, dtype=torch.float32)
+        D_ = _skip_weights(D, channels)
         out = torch.empty(u.shape, dtype=torch.float32)
         with _KERNEL_LOCK:
             _set_threads()
             _forward_kernel(
                 _as_numpy(u), d_eff.numpy(), _as_numpy(A), _position_major(B).numpy(),
-                _position_major(C).numpy(), D_.contiguous().numpy(), out.numpy(),
+                _position_major(C).numpy(), D_.numpy(), out.numpy(),
             )
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
         ctx.delta_softplus = delta_softplus
@@ -192,12 +199,14 @@ class _SelectiveScanCPU(torch.autograd.Function):
     def backward(ctx, dout):
         u, delta, A, B, C, D, delta_bias = ctx.saved_tensors
         batch, channels, length = u.shape
-        d_eff, softplus_grad = _effective_delta(delta, delta_bias, ctx.delta_softplus)
+        d_eff, softplus_grad = _effective_delta(
+            delta, delta_bias, ctx.delta_softplus, with_grad=True
+        )
         Bt, Ct = _position_major(B), _position_major(C)
         groups, n_state = Bt.shape[1], A.shape[1]
         # Enough parts per group that every thread has work even at batch 1.
         parts = max(1, min(channels // groups, -(-torch.get_num_threads() // (batch * groups))))
-        D_ = D.detach().to(torch.float32) if D is not None else u.new_zeros(channels, dtype=torch.float32)
+        D_ = _skip_weights(D, channels)
 
         du = torch.empty(batch, channels, length)
         ddelta = torch.empty(batch, channels, length)
@@ -209,7 +218,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
             _set_threads()
             _backward_kernel(
                 _as_numpy(u), d_eff.numpy(), _as_numpy(A), Bt.numpy(), Ct.numpy(),
-                D_.contiguous().numpy(), _as_numpy(dout), du.numpy(), ddelta.numpy(), dA.numpy(),
+                D_.numpy(), _as_numpy(dout), du.numpy(), ddelta.numpy(), dA.numpy(),
                 dD.numpy(), dB_parts.numpy(), dC_parts.numpy(),
             )
         if softplus_grad is not None:

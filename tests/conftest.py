@@ -1,0 +1,36 @@
+import pytest
+
+TINY = dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), d_state=4)
+
+
+@pytest.fixture
+def tiny_config():
+    """A VM-UNet with the published structure but small widths: fast enough for every test."""
+    from napari_vmunet.model import VMUNetConfig
+
+    return VMUNetConfig(num_classes=1, **TINY)
+
+
+@pytest.fixture
+def tiny_model(tiny_config):
+    import torch
+
+    from napari_vmunet.model import VMUNet
+
+    torch.manual_seed(0)
+    model = VMUNet(tiny_config).eval()
+    perturb(model)
+    return model
+
+
+def perturb(model, scale=0.1, seed=0):
+    """Move LayerNorm weights/biases, biases and A_logs off their initial constants, so that a
+    swapped or ignored parameter changes the output (as in a trained model)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 or name.endswith("A_logs"):
+                p.add_(scale * torch.randn(p.shape, generator=g))
+    return model

@@ -1,0 +1,170 @@
+"""Every selective-scan backend against the float64 reference recurrence, forward and backward."""
+
+import pytest
+import torch
+
+from napari_vmunet import scan
+from napari_vmunet.scan import reference
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+
+
+def make_inputs(batch, channels, length, n_state=16, groups=4, delta_scale=1.0, seed=0,
+                device="cpu"):
+    """Random inputs shaped as VM-UNet passes them (delta before bias and softplus)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    bshape = (batch, groups, n_state, length) if groups else (batch, n_state, length)
+    inputs = dict(
+        u=randn(batch, channels, length),
+        delta=randn(batch, channels, length) * delta_scale,
+        A=-torch.exp(randn(channels, n_state)),
+        B=randn(*bshape),
+        C=randn(*bshape),
+        D=randn(channels),
+        delta_bias=randn(channels) * 0.5 - 2.0,
+    )
+    return {k: v.to(device) for k, v in inputs.items()}
+
+
+def relative_error(got, expected):
+    diff, scale = (got.double() - expected.double()).norm(), expected.double().norm()
+    return float(diff / scale) if scale > 0 else float(diff)  # exact zeros (e.g. dA at L = 1)
+
+
+def fast_backends(device="cpu"):
+    return [n for n in scan.backend_names()
+            if n != "reference" and scan.unavailable_reason(n, device) is None]
+
+
+CPU_BACKENDS = fast_backends("cpu")
+
+
+def test_a_fast_backend_exists_on_cpu():
+    assert "cpu" in CPU_BACKENDS, scan.unavailable_reason("cpu", "cpu")
+    assert scan.resolve_backend("cpu") == "cpu"
+
+
+def _reference_float64(inputs, **kw):
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    out = reference.selective_scan(**leaves, **kw)
+    return leaves, out
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("batch, channels, length, n_state, groups", [
+    (2, 32, 50, 16, 4),       # grouped B/C as VM-UNet (K = 4, N = 16)
+    (1, 4 * 24, 256, 16, 4),  # a 16x16 stage with K = 4 directions
+    (3, 12, 33, 5, None),     # ungrouped B/C, odd sizes
+    (2, 8, 1, 16, 2),         # a single position
+])
+def test_forward_and_backward_match_the_reference(backend, batch, channels, length, n_state,
+                                                  groups):
+    inputs = make_inputs(batch, channels, length, n_state, groups, seed=length)
+    leaves64, out64 = _reference_float64(inputs, delta_softplus=True)
+    leaves = {k: v.float().requires_grad_() for k, v in inputs.items()}
+    out = scan.selective_scan(**leaves, delta_softplus=True, backend=backend)
+
+    assert out.dtype == torch.float32 and out.shape == (batch, channels, length)
+    assert relative_error(out, out64) <= 1e-5
+
+    grad_out = torch.randn(out.shape, dtype=torch.float64)
+    expected = torch.autograd.grad(out64, list(leaves64.values()), grad_out)
+    got = torch.autograd.grad(out, list(leaves.values()), grad_out.float())
+    for name, g, e in zip(NAMES, got, expected, strict=True):
+        assert g.dtype == torch.float32, name
+        assert relative_error(g, e) <= 1e-5, name
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_vmunet_first_stage_shape(backend):
+    """Stage 0 of a 128x128 image: 4 directions x 192 channels, L = 32 * 32."""
+    inputs = make_inputs(1, 4 * 192, 1024, seed=7)
+    expected = reference.selective_scan(**inputs, delta_softplus=True)
+    got = scan.selective_scan(**{k: v.float() for k, v in inputs.items()}, delta_softplus=True,
+                              backend=backend)
+    assert relative_error(got, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_optional_arguments(backend):
+    """No D, no bias, no softplus (delta must then be positive)."""
+    inputs = make_inputs(2, 16, 40, groups=2, seed=3)
+    inputs["delta"] = inputs["delta"].abs()
+    del inputs["D"], inputs["delta_bias"]
+    expected = reference.selective_scan(**inputs)
+    got = scan.selective_scan(**{k: v.float() for k, v in inputs.items()}, backend=backend)
+    assert relative_error(got, expected) <= 1e-5
+
+
+@pytest.mark.parametrize("backend", [*CPU_BACKENDS, "reference"])
+def test_large_delta_times_a_stays_finite_and_accurate(backend):
+    """delta * |A| up to ~1e3: exp underflows to 0; no NaN, no denormal state."""
+    inputs = make_inputs(1, 16, 200, seed=11, delta_scale=40.0)
+    inputs["A"] = inputs["A"] * 20
+    leaves = {k: v.float().requires_grad_() for k, v in inputs.items()}
+    out = scan.selective_scan(**leaves, delta_softplus=True, backend=backend)
+    assert torch.isfinite(out).all()
+    tiny = (out.abs() < torch.finfo(torch.float32).tiny) & (out != 0)
+    assert not tiny.any(), "denormal outputs"
+    assert relative_error(out, reference.selective_scan(**inputs, delta_softplus=True)) <= 1e-5
+    grads = torch.autograd.grad(out.sum(), list(leaves.values()))
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_reference_is_float64_capable():
+    inputs = make_inputs(1, 8, 20, seed=5)
+    out = reference.selective_scan(**inputs, delta_softplus=True)
+    assert out.dtype == torch.float64
+    # one channel by hand
+    u, dt, A = inputs["u"][0, 0], inputs["delta"][0, 0] + inputs["delta_bias"][0], inputs["A"][0]
+    dt = torch.nn.functional.softplus(dt)
+    B, C = inputs["B"][0, 0], inputs["C"][0, 0]
+    h = torch.zeros(16, dtype=torch.float64)
+    for t in range(20):
+        h = torch.exp(dt[t] * A) * h + dt[t] * B[:, t] * u[t]
+        assert torch.isclose(out[0, 0, t], (h * C[:, t]).sum() + inputs["D"][0] * u[t])
+
+
+def test_environment_variable_forces_a_backend(monkeypatch):
+    monkeypatch.setenv(scan.ENV_VAR, "reference")
+    assert scan.resolve_backend("cpu") == "reference"
+    assert scan.resolve_backend("cpu", "cpu") == "cpu"  # the argument wins
+    monkeypatch.setenv(scan.ENV_VAR, "mamba")
+    with pytest.raises(RuntimeError, match=r"'mamba' \(set by NAPARI_VMUNET_SCAN\).*cuda only"):
+        scan.resolve_backend("cpu")
+    monkeypatch.setenv(scan.ENV_VAR, "fastest")
+    with pytest.raises(RuntimeError, match="unknown scan backend 'fastest'"):
+        scan.resolve_backend("cpu")
+
+
+def test_a_registered_backend_joins_the_automatic_choice(monkeypatch):
+    monkeypatch.setattr(scan, "_REGISTRY", dict(scan._REGISTRY))
+    monkeypatch.setattr(scan, "_PREFERENCE", {k: list(v) for k, v in scan._PREFERENCE.items()})
+    scan.register_backend(
+        scan.ScanBackend("plain", "napari_vmunet.scan.reference", ("cpu",), "test double"),
+        prefer_on=("cpu",),
+    )
+    assert scan.resolve_backend("cpu") == "plain"
+    scan._load.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["reference", "mamba"])
+def test_cuda_backends_match_the_reference(backend):
+    if scan.unavailable_reason(backend, "cuda"):
+        pytest.skip(scan.unavailable_reason(backend, "cuda"))
+    inputs = make_inputs(2, 4 * 32, 300, seed=1)
+    leaves64, out64 = _reference_float64(inputs, delta_softplus=True)
+    leaves = {k: v.float().cuda().requires_grad_() for k, v in inputs.items()}
+    out = scan.selective_scan(**leaves, delta_softplus=True, backend=backend)
+    assert relative_error(out.cpu(), out64) <= 1e-5
+    grad_out = torch.randn(out.shape, dtype=torch.float64)
+    expected = torch.autograd.grad(out64, list(leaves64.values()), grad_out)
+    got = torch.autograd.grad(out, list(leaves.values()), grad_out.float().cuda())
+    for name, g, e in zip(NAMES, got, expected, strict=True):
+        assert relative_error(g.cpu(), e) <= 1e-5, name
