@@ -130,3 +130,20 @@ def test_model_layer_imports_neither_qt_nor_napari():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_model_on_cuda_matches_cpu(tiny_model):
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        expected = tiny_model(x)
+        gpu = tiny_model.to("cuda")
+        got = gpu(x.cuda()).cpu()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            mixed = gpu(x.cuda()).float().cpu()
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert (mixed - expected).abs().max() < 0.05  # bf16 matmuls, float32 scan
+    loss = gpu.forward_logits(x.cuda()).square().mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in gpu.parameters())
