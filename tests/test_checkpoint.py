@@ -59,6 +59,11 @@ def test_authors_latest_pth_from_dataparallel_with_numpy_scalars(tmp_path, tiny_
     assert _same_output(loaded, model)
 
 
+def test_legacy_torch_format(tmp_path, tiny_model):
+    torch.save(tiny_model.state_dict(), tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    assert _same_output(load_checkpoint(tmp_path / "old.pth"), tiny_model)
+
+
 def test_bare_vssm_state_dict_without_the_wrapper_prefix(tmp_path, tiny_model):
     torch.save(tiny_model.vmunet.state_dict(), tmp_path / "vssm.pth")
     assert _same_output(load_checkpoint(tmp_path / "vssm.pth"), tiny_model)
@@ -166,7 +171,8 @@ def test_files_that_are_not_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="holds a list, not a state_dict"):
         load_checkpoint(tmp_path / "list.pth")
     torch.save(torch.nn.Linear(3, 3).state_dict(), tmp_path / "linear.pth")
-    with pytest.raises(CheckpointError, match="not a VM-UNet checkpoint"):
+    with pytest.raises(CheckpointError, match="linear.pth is not a VM-UNet checkpoint: no "
+                                              "'patch_embed.proj.weight'"):
         load_checkpoint(tmp_path / "linear.pth")
 
 

@@ -108,8 +108,10 @@ def _numpy_scalar_globals() -> list:
         from numpy.core.multiarray import scalar
     allowed = [np.dtype, scalar, (scalar, "numpy.core.multiarray.scalar"),
                (scalar, "numpy._core.multiarray.scalar")]
-    allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")
-                and n not in ("ObjectDType", "StringDType", "VoidDType")]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25 pickles dtypes by class
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")
+                    and n not in ("ObjectDType", "StringDType", "VoidDType")]
     return allowed
 
 
@@ -209,7 +211,8 @@ def _infer_config_or_explain(state: Mapping[str, torch.Tensor], path: Path) -> V
     try:
         return infer_config(state)
     except ValueError as exc:
-        raise CheckpointError(f"{path.name} is not a VM-UNet checkpoint: {exc}.") from None
+        reason = str(exc).removeprefix("not a VM-UNet state_dict: ")
+        raise CheckpointError(f"{path.name} is not a VM-UNet checkpoint: {reason}.") from None
 
 
 def load_weights(model: VMUNet, state: Mapping[str, torch.Tensor], source: str = "checkpoint"):
