@@ -34,3 +34,21 @@ def perturb(model, scale=0.1, seed=0):
             if p.dim() == 1 or name.endswith("A_logs"):
                 p.add_(scale * torch.randn(p.shape, generator=g))
     return model
+
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tiny VM-UNet saved in our format with the MRI recipe (random but fixed weights)."""
+    import torch
+
+    from napari_vmunet.checkpoint import save_checkpoint
+    from napari_vmunet.model import VMUNet, VMUNetConfig
+    from napari_vmunet.recipes import RECIPES
+
+    torch.manual_seed(0)
+    model = perturb(VMUNet(VMUNetConfig(num_classes=1, **TINY)))
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    return save_checkpoint(model, path, recipe=RECIPES["mri"], class_names=["brain"])

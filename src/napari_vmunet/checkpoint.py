@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .io import atomic_write
 from .model import VMUNet, VMUNetConfig, infer_config
 
 FORMAT_NAME = "napari-vmunet"
@@ -314,26 +314,24 @@ def save_checkpoint(
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "config": json.dumps(model.config.to_dict()),
-        "recipe": json.dumps(recipe if recipe is not None else getattr(model, "recipe", None)),
+        "recipe": json.dumps(_as_dict(recipe if recipe is not None else model.recipe)),
         "class_names": json.dumps(
             class_names if class_names is not None else getattr(model, "class_names", None)
         ),
         "provenance": json.dumps(info, default=str),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=metadata)
         if not overwrite and path.exists():  # appeared while we were writing
             raise FileExistsError(f"{path} already exists; choose another name.")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write)
+
+
+def _as_dict(recipe):
+    """Recipes are stored as JSON objects (a Recipe or the dict read from a file)."""
+    return recipe.to_dict() if hasattr(recipe, "to_dict") else recipe
 
 
 def _versions() -> dict[str, str]:

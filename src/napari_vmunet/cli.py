@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -20,6 +22,141 @@ def _info(args: argparse.Namespace) -> int:
         for line in checkpoint_report(args.checkpoint):
             print(line)
     return 0
+
+
+@dataclass
+class _FileResult:
+    source: str
+    output: str | None = None
+    error: str | None = None
+    slices: int = 0
+    seconds: float = 0.0
+
+
+def _output_suffix(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return {".nii": ".nii", ".tif": ".tif", ".tiff": ".tif"}.get(path.suffix.lower(), ".nrrd")
+
+
+def _planned_outputs(args) -> list[tuple[Path, Path, Path | None]]:
+    """(input, labels file, probabilities file or None) for every input, refusing clashes."""
+    from .io import strip_suffix
+
+    inputs = [Path(p) for p in args.inputs]
+    if args.output and len(inputs) > 1:
+        raise ValueError("-o/--output names one file; with several inputs use --out-dir")
+    if args.probabilities and len(inputs) > 1 and Path(args.probabilities).suffix:
+        raise ValueError("with several inputs, --probabilities must be a folder")
+    plans = []
+    for source in inputs:
+        stem, suffix = strip_suffix(source.name), _output_suffix(source)
+        folder = Path(args.out_dir) if args.out_dir else source.parent
+        labels = Path(args.output) if args.output else folder / f"{stem}_labels{suffix}"
+        probs = None
+        if args.probabilities:
+            p = Path(args.probabilities)
+            probs = p if len(inputs) == 1 and p.suffix else p / f"{stem}_probabilities{suffix}"
+        plans.append((source, labels, probs))
+    seen = {}
+    for source, labels, _ in plans:
+        if labels.resolve() == source.resolve():
+            raise ValueError(f"the output {labels} is the input itself")
+        if labels in seen:
+            raise ValueError(f"{seen[labels]} and {source} would both be written to {labels}")
+        seen[labels] = source
+    return plans
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from . import distributed
+    from .checkpoint import load_checkpoint
+    from .engine import Notice, SegmentationDone, Segmenter, SlicesDone
+    from .io import read_image, write_labels
+    from .recipes import get_recipe, recipe_for
+
+    plans = _planned_outputs(args)
+    if not args.checkpoint:
+        raise ValueError("no model given: pass --checkpoint FILE (a .pth from the authors' "
+                         "code or a .safetensors saved by napari-vmunet)")
+    rank = distributed.init()
+    try:
+        model = load_checkpoint(args.checkpoint)
+        recipe = get_recipe(args.recipe) if args.recipe else None
+        window = _parse_window(args.window) if args.window else None
+        if window is not None:
+            recipe = (recipe or recipe_for(model)[0]).with_window(*window)
+        segmenter = Segmenter(model, recipe, device=rank.device(args.device),
+                              batch_size=args.batch_size, threshold=args.threshold)
+        results = []
+        for source, labels_path, probs_path in rank.share(plans):
+            result = _FileResult(str(source))
+            started = time.perf_counter()
+            try:
+                for target in (labels_path, probs_path):
+                    if target is not None and target.exists() and not args.overwrite:
+                        raise FileExistsError(f"{target} already exists; use --overwrite to "
+                                              "replace it")
+                image = read_image(source)
+                geometry = image.geometry
+                axis = geometry.axial_axis() if args.axis is None else args.axis
+                events = segmenter.run(image.data, axis=axis, channel_axis=geometry.channel_axis,
+                                       probabilities=probs_path is not None)
+                with tqdm(desc=source.name, unit="slice", disable=not rank.is_main or args.quiet,
+                          leave=False) as bar:
+                    for event in events:
+                        if isinstance(event, SlicesDone):
+                            bar.total = event.total
+                            bar.update(event.stop - event.start)
+                        elif isinstance(event, Notice) and rank.is_main and not args.quiet:
+                            tqdm.write(f"{source.name}: {event.message}")
+                        elif isinstance(event, SegmentationDone):
+                            done = event
+                out_geometry = geometry.for_labels()
+                write_labels(done.labels, labels_path, out_geometry, overwrite=args.overwrite)
+                if probs_path is not None:
+                    write_labels(done.probabilities, probs_path, out_geometry,
+                                 overwrite=args.overwrite)
+                result.output, result.slices = str(labels_path), done.labels.size
+            except (OSError, ValueError, MemoryError) as exc:  # the user's to fix: say what
+                result.error = str(exc)
+            except Exception as exc:  # report, then go on with the next file
+                result.error = f"{type(exc).__name__}: {exc}"
+            result.seconds = time.perf_counter() - started
+            results.append(result)
+        everyone = [r for share in distributed.gather(rank, results) for r in share]
+    finally:
+        distributed.finish(rank)
+    failures = [r for r in everyone if r.error]
+    if rank.is_main:
+        for r in everyone:
+            if not r.error:
+                print(f"ok      {r.source} -> {r.output} ({r.seconds:.1f} s)")
+        for r in failures:
+            print(f"FAILED  {r.source}: {r.error}", file=sys.stderr)
+        print(f"{len(everyone) - len(failures)} of {len(everyone)} files segmented"
+              + (f" by {rank.world_size} processes" if rank.world_size > 1 else ""))
+    return 1 if failures else 0
+
+
+def _parse_window(text: str) -> tuple[float, float]:
+    from .recipes import CT_WINDOWS
+
+    if text in CT_WINDOWS:
+        return CT_WINDOWS[text]
+    try:
+        level, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--window takes LEVEL,WIDTH in HU (e.g. 40,400) or one of "
+                         f"{', '.join(CT_WINDOWS)}; got {text!r}") from None
+    if width <= 0:
+        raise ValueError(f"--window width must be positive, got {width:g}")
+    return level, width
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +178,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("checkpoint", nargs="?", help="a .pth or .safetensors checkpoint to describe")
     info.set_defaults(run=_info)
+
+    seg = commands.add_parser(
+        "segment",
+        help="segment images or volumes (NIfTI, TIFF, NRRD) into label files",
+        description="Segment each INPUT with a VM-UNet and write labels with the input's "
+        "geometry (NIfTI affine and header, TIFF voxel size, NRRD space). Runs under torchrun "
+        "too: each process takes its share of the files.",
+    )
+    seg.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
+    where = seg.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", help="the labels file (one INPUT only)")
+    where.add_argument("--out-dir", help="folder for <name>_labels.<ext> (default: next to INPUT)")
+    seg.add_argument("--checkpoint", help="model: .pth from the authors' code or .safetensors")
+    seg.add_argument("--recipe", help="preprocessing: isic, synapse-ct, mri, ct (default: the "
+                     "checkpoint's own, or a guess from its classes)")
+    seg.add_argument("--window", help="CT window LEVEL,WIDTH in HU, or a preset: abdomen, lung, "
+                     "bone, brain, soft tissue")
+    seg.add_argument("--axis", type=int, help="slicing axis of volumes (default: the axial one)")
+    seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    seg.add_argument("--batch-size", type=int, help="slices per batch (default: from memory)")
+    seg.add_argument("--threshold", type=float, help="probability threshold for one-class models")
+    seg.add_argument("--probabilities", metavar="PATH",
+                     help="also write float probabilities (a file, or a folder for several inputs)")
+    seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    seg.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
+    seg.set_defaults(run=_segment)
     return parser
 
 
@@ -50,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
+    except (CheckpointError, OSError, ValueError, RuntimeError, MemoryError) as exc:
         print(f"napari-vmunet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,329 @@
+"""The Segmenter: an image or volume in, labels of the same shape out, slice batch by slice batch.
+
+The work is a generator of small events, so that a caller can show slices as they finish, draw a
+progress bar, or stop at any event (closing the generator stops the work):
+
+    for event in Segmenter(model).run(volume, axis=0):
+        if isinstance(event, SlicesDone):
+            ...  # event.labels are slices start..stop along the slicing axis
+
+``Segmenter.segment(...)`` (or :func:`segment`) is the one-call form.
+
+Memory: the input is read one batch of slices at a time; only the uint8 labels (and, on request,
+the float probabilities) are allocated in full. On CUDA, a batch that does not fit is halved and
+the run goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..recipes import Recipe, recipe_for
+from .device import resolve_device
+from .preprocess import IntensityMap, Resize, intensity_map, normalise
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass
+class SegmentationStarted:
+    slices: int
+    batch_size: int
+    device: str
+    scan_backend: str
+    recipe: Recipe
+
+
+@dataclass
+class Notice:
+    """Something the user should know (a guessed recipe, replaced NaNs, a smaller batch)."""
+
+    message: str
+
+
+@dataclass
+class SlicesDone:
+    """Slices ``start:stop`` along the slicing axis are finished; ``labels`` is a view of them
+    in the output, shaped (stop - start, *slice shape)."""
+
+    start: int
+    stop: int
+    total: int
+    labels: np.ndarray
+
+
+@dataclass
+class SegmentationDone:
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    spatial_axes: tuple[int, ...]
+    channel_axis: int | None
+    slice_axis: int | None  # None: a single 2D image
+
+
+class Segmenter:
+    """Runs a VM-UNet over images and volumes with the checkpoint's preprocessing recipe.
+
+    ``recipe`` defaults to the model's own (or a guess for the authors' files, reported as a
+    :class:`Notice`). ``batch_size`` None chooses from free memory. ``threshold`` overrides the
+    recipe's for one-class models. ``bf16`` uses bfloat16 autocast on CUDA.
+    """
+
+    def __init__(self, model, recipe: Recipe | None = None, *, device="auto",
+                 batch_size: int | None = None, threshold: float | None = None,
+                 bf16: bool = True):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        if recipe is None:
+            recipe, self.recipe_note = recipe_for(model)
+        else:
+            self.recipe_note = None
+        self.recipe = recipe
+        self.threshold = recipe.threshold if threshold is None else float(threshold)
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.bf16 = bf16 and self.device.type == "cuda"
+        self.num_classes = model.config.num_classes
+
+    # -- public -----------------------------------------------------------------------------
+
+    def segment(self, image: np.ndarray, **kwargs) -> SegmentationDone:
+        """Run to the end and return the result (see :meth:`run` for the arguments)."""
+        for event in self.run(image, **kwargs):
+            if isinstance(event, SegmentationDone):
+                return event
+        raise AssertionError("the segmentation generator ended without a result")
+
+    def run(
+        self,
+        image: np.ndarray,
+        *,
+        axis: int | None = None,
+        channel_axis: int | None = None,
+        rgb: bool | None = None,
+        probabilities: bool = False,
+        labels_out: np.ndarray | None = None,
+    ) -> Iterator:
+        """Yield events while segmenting ``image``.
+
+        image: (H, W), (H, W, C) colour, (Z, Y, X) volume, or a volume with ``channel_axis``.
+        axis: the slicing axis of a volume (default: the first spatial axis).
+        rgb: whether the last axis of a 3D array is colour; None guesses from the recipe.
+        probabilities: also return float32 probabilities (the image's shape for one class,
+            the shape plus a class axis last otherwise).
+        labels_out: write labels into this existing array (e.g. a napari layer's data)
+            instead of a new one; it must have the image's spatial shape.
+        """
+        start_time = time.perf_counter()
+        image = np.asanyarray(image)
+        layout = _layout(image.shape, channel_axis, rgb, axis, self.recipe)
+        spatial_shape = tuple(image.shape[i] for i in layout.spatial_axes)
+        slices_view = _slices_view(image, layout)  # (n, h, w, c): a view, nothing copied
+        n, h, w, channels = slices_view.shape
+        if min(h, w) < 1:
+            raise ValueError(f"the image has an empty side (shape {image.shape})")
+        in_chans = self.model.config.in_chans
+        if channels not in (1, 3, 4) or (channels != 1 and in_chans not in (1, 3)):
+            raise ValueError(
+                f"the image has {channels} channels but this model takes {in_chans} (RGB) or 1 "
+                "(grey) channel; pick one channel, or pass the right channel axis"
+            )
+
+        notes: list[str] = []
+        if self.recipe_note:
+            notes.append(self.recipe_note)
+        if channels >= 3 and self.recipe.color == "gray":
+            notes.append("colour image with a greyscale recipe: converted to luminance")
+        mapping, warning = intensity_map(image, self.recipe)
+        if warning:
+            notes.append(warning)
+
+        dtype = np.uint8 if self.num_classes <= 256 else np.uint16
+        if labels_out is not None:
+            if tuple(labels_out.shape) != spatial_shape:
+                raise ValueError(f"labels_out has shape {labels_out.shape}, the image's spatial "
+                                 f"shape is {spatial_shape}")
+            labels = labels_out
+        else:
+            labels = np.zeros(spatial_shape, dtype=dtype)
+        labels_view = _labels_view(labels, layout)
+        probs = probs_view = None
+        if probabilities:
+            extra = () if self.num_classes == 1 else (self.num_classes,)
+            probs = np.zeros(spatial_shape + extra, dtype=np.float32)
+            probs_view = _labels_view(probs, layout)
+
+        resize = Resize.plan((h, w), self.recipe, self.model.config.size_multiple)
+        batch = self.batch_size or _auto_batch_size(self.model, self.device, resize.size)
+        yield SegmentationStarted(n, batch, str(self.device),
+                                  self.model.scan_backend_for(self.device), self.recipe)
+        for note in notes:
+            yield Notice(note)
+
+        non_finite = 0
+        start = 0
+        while start < n:
+            stop = min(start + batch, n)
+            chunk = np.asarray(slices_view[start:stop], dtype=np.float32)
+            bad = ~np.isfinite(chunk)
+            if bad.any():
+                non_finite += int(bad.sum())
+                chunk = np.where(bad, np.float32(mapping.low), chunk)
+            try:
+                lab, prob = self._predict(chunk, mapping, resize, (h, w), probabilities)
+            except torch.OutOfMemoryError:
+                if batch == 1:
+                    raise MemoryError(
+                        f"one {h}x{w} slice does not fit in {self.device}'s free memory; close "
+                        "other programs using the GPU or run on the CPU (--device cpu)"
+                    ) from None
+                batch = max(1, batch // 2)
+                torch.cuda.empty_cache()
+                message = f"out of GPU memory: continuing with batches of {batch} slices"
+                notes.append(message)
+                yield Notice(message)
+                continue
+            labels_view[start:stop] = lab
+            if probs_view is not None:
+                probs_view[start:stop] = prob
+            yield SlicesDone(start, stop, n, labels_view[start:stop])
+            start = stop
+
+        if non_finite:
+            message = (f"{non_finite} NaN/Inf values were replaced by the intensity window's "
+                       "low end before segmenting")
+            notes.append(message)
+            yield Notice(message)
+        yield SegmentationDone(labels, probs, time.perf_counter() - start_time, notes)
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    def _predict(self, chunk: np.ndarray, mapping: IntensityMap, resize: Resize,
+                 shape: tuple[int, int], want_probabilities: bool):
+        """(n, h, w, c) float32 raw values -> uint8 labels (n, h, w) [, probabilities]."""
+        with torch.inference_mode():
+            x = torch.from_numpy(chunk).to(self.device, non_blocking=True)
+            x = self._channels(x.permute(0, 3, 1, 2))
+            x = resize.to_model(normalise(x, mapping, self.recipe))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model.forward_logits(x)
+            logits = logits.float()
+            p = torch.sigmoid(logits) if self.num_classes == 1 else torch.softmax(logits, 1)
+            p_image = None
+            if self.recipe.labels_at_input_size:
+                small = (p >= self.threshold) if self.num_classes == 1 else \
+                    logits.argmax(1, keepdim=True)
+                lab = resize.to_image(small.float(), shape, "nearest")[:, 0]
+            else:
+                p_image = resize.to_image(p, shape, "bilinear")
+                lab = (p_image[:, 0] >= self.threshold) if self.num_classes == 1 else \
+                    p_image.argmax(1)
+            prob = None
+            if want_probabilities:
+                if p_image is None:
+                    p_image = resize.to_image(p, shape, "bilinear")
+                prob = p_image[:, 0] if self.num_classes == 1 else p_image.permute(0, 2, 3, 1)
+                prob = prob.cpu().numpy()
+            dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
+            return lab.to(dtype).cpu().numpy(), prob
+
+    def _channels(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, c, h, w) -> the channels the recipe and model expect."""
+        c = x.shape[1]
+        if c == 4:  # RGBA: the alpha channel carries no image content
+            x, c = x[:, :3], 3
+        if c == 3 and self.recipe.color == "gray":
+            return (x * torch.from_numpy(_LUMA).to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return x  # 1 channel: the model tiles it; 3 channels: RGB as is
+
+
+def segment(model, image: np.ndarray, recipe: Recipe | None = None, *, device="auto",
+            batch_size=None, **kwargs) -> SegmentationDone:
+    """One call: ``Segmenter(model, recipe, ...).segment(image, **kwargs)``."""
+    return Segmenter(model, recipe, device=device, batch_size=batch_size).segment(image, **kwargs)
+
+
+# -- layout helpers ----------------------------------------------------------------------------
+
+
+def _layout(shape, channel_axis, rgb, axis, recipe: Recipe) -> _Layout:
+    ndim = len(shape)
+    if ndim < 2:
+        raise ValueError(f"an image needs at least 2 dimensions, got shape {shape}")
+    if channel_axis is not None:
+        channel_axis = _check_axis(channel_axis, ndim, "channel axis")
+    elif ndim == 3 and (rgb or (rgb is None and recipe.color == "rgb" and shape[-1] in (3, 4))):
+        channel_axis = 2
+    spatial = tuple(i for i in range(ndim) if i != channel_axis)
+    if len(spatial) > 3:
+        raise ValueError(
+            f"a {ndim}D array (shape {shape}) has more axes than a volume: say which axis holds "
+            "channels (channel_axis / --channel-axis), or split the time points or channels "
+            "into separate images"
+        )
+    if len(spatial) < 2:
+        raise ValueError(f"shape {shape} with channel axis {channel_axis} leaves no 2D image")
+    if len(spatial) == 2:
+        if axis is not None and axis not in spatial:
+            raise ValueError(f"a 2D image has no slicing axis {axis}")
+        return _Layout(spatial, channel_axis, None)
+    if axis is None:
+        axis = spatial[0]
+    axis = _check_axis(axis, ndim, "slicing axis")
+    if axis == channel_axis:
+        raise ValueError(f"axis {axis} holds channels; choose a spatial axis to slice along")
+    return _Layout(spatial, channel_axis, axis)
+
+
+def _check_axis(axis: int, ndim: int, what: str) -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{what} {axis} does not exist in a {ndim}D array")
+    return axis % ndim
+
+
+def _slices_view(image: np.ndarray, layout: _Layout) -> np.ndarray:
+    """(n, h, w, c) view: slices along the slicing axis, in-plane axes in order, channels last."""
+    view = image
+    if layout.channel_axis is None:
+        view = view[..., None]
+        channel = view.ndim - 1
+    else:
+        channel = layout.channel_axis
+    in_plane = [a for a in layout.spatial_axes if a != layout.slice_axis]
+    if layout.slice_axis is None:
+        return np.moveaxis(view, [*in_plane, channel], [0, 1, 2])[None]
+    return np.moveaxis(view, [layout.slice_axis, *in_plane, channel], [0, 1, 2, 3])
+
+
+def _labels_view(labels: np.ndarray, layout: _Layout) -> np.ndarray:
+    """The output (spatial shape [+ classes]) seen as (n, h, w[, classes])."""
+    spatial_positions = {a: i for i, a in enumerate(layout.spatial_axes)}
+    if layout.slice_axis is None:
+        return labels[None]
+    return np.moveaxis(labels, spatial_positions[layout.slice_axis], 0)
+
+
+def _auto_batch_size(model, device: torch.device, size: tuple[int, int]) -> int:
+    pixels = size[0] * size[1]
+    if device.type == "cuda":
+        # ~1.3 KB of activations per input pixel for the published widths in fp32 (measured
+        # for 256² batch 32); scale with the model's width and keep half the free memory spare.
+        free, _ = torch.cuda.mem_get_info(device)
+        per_slice = pixels * 1400 * model.config.dims[0] / 96
+        return int(max(1, min(64, free * 0.5 // per_slice)))
+    # On a CPU batching gains little; small batches keep results streaming and cancel prompt.
+    return int(max(1, min(16, 65536 // pixels)))
