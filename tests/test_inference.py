@@ -200,3 +200,30 @@ def test_a_large_volume_needs_little_memory_beyond_its_input():
     assert result.returncode == 0, result.stderr
     extra_mb = float(result.stdout.split()[0])
     assert extra_mb < 1024, f"{extra_mb:.0f} MB beyond the input"
+
+
+class RunsOutOfMemory(CountingModel):
+    """Raises CUDA's out-of-memory error for batches above ``limit`` slices."""
+
+    def __init__(self, limit):
+        super().__init__()
+        self.limit = limit
+
+    def forward_logits(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return super().forward_logits(x)
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on(head):
+    expected = Segmenter(CountingModel(), RECIPES["mri"], device="cpu").segment(
+        head.data, axis=0).labels
+    events = list(Segmenter(RunsOutOfMemory(limit=5), RECIPES["mri"], device="cpu",
+                            batch_size=16).run(head.data, axis=0))
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert notices == ["out of GPU memory: continuing with batches of 8 slices",
+                       "out of GPU memory: continuing with batches of 4 slices"]
+    assert np.array_equal(events[-1].labels, expected)
+    with pytest.raises(MemoryError, match="does not fit"):
+        Segmenter(RunsOutOfMemory(limit=0), RECIPES["mri"], device="cpu",
+                  batch_size=2).segment(head.data, axis=0)

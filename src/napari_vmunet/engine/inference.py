@@ -16,6 +16,7 @@ the run goes on.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -178,13 +179,9 @@ class Segmenter:
         start = 0
         while start < n:
             stop = min(start + batch, n)
-            chunk = np.asarray(slices_view[start:stop], dtype=np.float32)
-            bad = ~np.isfinite(chunk)
-            if bad.any():
-                non_finite += int(bad.sum())
-                chunk = np.where(bad, np.float32(mapping.low), chunk)
+            chunk = _as_torch_friendly(slices_view[start:stop])
             try:
-                lab, prob = self._predict(chunk, mapping, resize, (h, w), probabilities)
+                lab, prob, bad = self._predict(chunk, mapping, resize, (h, w), probabilities)
             except torch.OutOfMemoryError:
                 if batch == 1:
                     raise MemoryError(
@@ -197,6 +194,7 @@ class Segmenter:
                 notes.append(message)
                 yield Notice(message)
                 continue
+            non_finite += bad
             labels_view[start:stop] = lab
             if probs_view is not None:
                 probs_view[start:stop] = prob
@@ -214,32 +212,48 @@ class Segmenter:
 
     def _predict(self, chunk: np.ndarray, mapping: IntensityMap, resize: Resize,
                  shape: tuple[int, int], want_probabilities: bool):
-        """(n, h, w, c) float32 raw values -> uint8 labels (n, h, w) [, probabilities]."""
+        """(n, h, w, c) raw values -> uint8 labels (n, h, w), probabilities or None, and the
+        number of NaN/Inf values replaced."""
         with torch.inference_mode():
-            x = torch.from_numpy(chunk).to(self.device, non_blocking=True)
+            # The raw dtype travels (int16 CT is half the bytes of float32); converted there.
+            x = torch.from_numpy(chunk).to(self.device, non_blocking=True).float()
+            bad = 0
+            if chunk.dtype.kind == "f":
+                finite = torch.isfinite(x)
+                bad = int(finite.numel() - finite.sum())
+                if bad:
+                    x = torch.where(finite, x, torch.tensor(mapping.low, device=x.device))
             x = self._channels(x.permute(0, 3, 1, 2))
             x = resize.to_model(normalise(x, mapping, self.recipe))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
                 logits = self.model.forward_logits(x)
             logits = logits.float()
-            p = torch.sigmoid(logits) if self.num_classes == 1 else torch.softmax(logits, 1)
+
+            def probabilities(maps):
+                return torch.sigmoid(maps) if self.num_classes == 1 else torch.softmax(maps, 1)
+
+            def labels(maps_logits):
+                # sigmoid(l) >= t  <=>  l >= logit(t); argmax of logits = argmax of softmax
+                if self.num_classes == 1:
+                    return maps_logits[:, 0] >= math.log(self.threshold / (1 - self.threshold))
+                return maps_logits.argmax(1)
+
             p_image = None
             if self.recipe.labels_at_input_size:
-                small = (p >= self.threshold) if self.num_classes == 1 else \
-                    logits.argmax(1, keepdim=True)
-                lab = resize.to_image(small.float(), shape, "nearest")[:, 0]
+                small = labels(logits)[:, None].float()
+                lab = resize.to_image(small, shape, "nearest")[:, 0]
             else:
-                p_image = resize.to_image(p, shape, "bilinear")
-                lab = (p_image[:, 0] >= self.threshold) if self.num_classes == 1 else \
-                    p_image.argmax(1)
+                # Probabilities, not logits, are interpolated: they are what is thresholded.
+                p_image = resize.to_image(probabilities(logits), shape, "bilinear")
+                lab = labels(p_image) if self.num_classes > 1 else p_image[:, 0] >= self.threshold
             prob = None
             if want_probabilities:
                 if p_image is None:
-                    p_image = resize.to_image(p, shape, "bilinear")
+                    p_image = resize.to_image(probabilities(logits), shape, "bilinear")
                 prob = p_image[:, 0] if self.num_classes == 1 else p_image.permute(0, 2, 3, 1)
                 prob = prob.cpu().numpy()
             dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
-            return lab.to(dtype).cpu().numpy(), prob
+            return lab.to(dtype).cpu().numpy(), prob, bad
 
     def _channels(self, x: torch.Tensor) -> torch.Tensor:
         """(n, c, h, w) -> the channels the recipe and model expect."""
@@ -249,6 +263,17 @@ class Segmenter:
         if c == 3 and self.recipe.color == "gray":
             return (x * torch.from_numpy(_LUMA).to(x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
         return x  # 1 channel: the model tiles it; 3 channels: RGB as is
+
+
+_TORCH_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64,
+                                       np.float16, np.float32, np.float64)}
+
+
+def _as_torch_friendly(chunk: np.ndarray) -> np.ndarray:
+    """A contiguous copy of a batch of slices in a dtype torch can take as is."""
+    if chunk.dtype in _TORCH_DTYPES:
+        return np.ascontiguousarray(chunk)
+    return np.asarray(chunk, dtype=np.float32)  # uint16/uint32, bool, big-endian...
 
 
 def segment(model, image: np.ndarray, recipe: Recipe | None = None, *, device="auto",
