@@ -11,7 +11,9 @@ GPU (``--device cuda``): a 512x512xZ CT volume (HU) with the Synapse configurati
   which needs mamba-ssm's kernel importable: their code imports it itself);
 - their model with slices resized on the GPU, batch 32, bf16 autocast;
 - ours: ``Segmenter`` (GPU resize, batching, bf16), weights copied from their model;
-- ours from a .nii.gz file on disk: read + segment + write, next to the time to read it alone.
+- ours from a .nii.gz file on disk: read + segment + write, next to the time to read it alone;
+- with ``--head``/``--head-mask``: bf16 against fp32 on a real T1 head, with the released
+  configuration fitted briefly to that head so that its labels mean something.
 
     python benchmarks/inference.py --device cpu
     python benchmarks/inference.py --device cuda --authors-repo DIR [--slices 200]
@@ -188,6 +190,64 @@ def gpu(args) -> None:
               f"(reading alone {read_only:.3f} s)")
 
 
+def bf16_agreement(args) -> None:
+    """bf16 autocast against fp32 on real data with a model that actually segments: fit the
+    released configuration briefly to a real T1 head (brain vs not, slices along all three
+    axes), then segment the head with both precisions and compare (Dice)."""
+    import torch.nn.functional as F
+
+    from napari_vmunet.engine import Segmenter
+    from napari_vmunet.engine.preprocess import intensity_map, normalise
+    from napari_vmunet.io import read_image
+    from napari_vmunet.model import build_model
+    from napari_vmunet.recipes import RECIPES
+
+    device = torch.device("cuda")
+    head, mask = read_image(args.head), read_image(args.head_mask)
+    recipe = RECIPES["mri"]
+    mapping, _ = intensity_map(head.data, recipe)
+    volume = torch.from_numpy(head.data.astype(np.float32))
+    target = torch.from_numpy((mask.data > 0).astype(np.float32))
+    torch.manual_seed(0)
+    model = build_model("isic").to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-2)
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    for _ in range(args.fit_steps):
+        axis = int(rng.integers(3))
+        idx = rng.integers(head.data.shape[axis], size=16)
+        x = volume.movedim(axis, 0)[idx][:, None]
+        y = target.movedim(axis, 0)[idx][:, None]
+        h, w = x.shape[-2:]
+        pad = (0, (-w) % 32, 0, (-h) % 32)
+        x = F.pad(normalise(x.to(device), mapping, recipe), pad, mode="replicate")
+        y = F.pad(y.to(device), pad)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model.forward_logits(x).float()
+        p = torch.sigmoid(logits)
+        dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
+        loss = F.binary_cross_entropy_with_logits(logits, y) + dice
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    torch.cuda.synchronize()
+    print(f"fitted {args.fit_steps} steps in {time.perf_counter() - start:.1f} s, "
+          f"last loss {loss.item():.3f}")
+    model.eval()
+    reference = mask.data > 0
+
+    def dice(a, b):
+        return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+    labels = {}
+    for name, bf16 in (("bf16", True), ("fp32", False)):
+        seg = Segmenter(model, recipe, device=device, bf16=bf16)
+        labels[name] = seg.segment(head.data, axis=head.geometry.axial_axis()).labels > 0
+        print(f"{name}: Dice vs the reference brain mask {dice(labels[name], reference):.4f}")
+    print(f"bf16 vs fp32 labels: Dice {dice(labels['bf16'], labels['fp32']):.4f}, "
+          f"{(labels['bf16'] == labels['fp32']).mean() * 100:.3f}% of voxels agree")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -196,8 +256,14 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--volume", type=Path, help="a CT file (HU) to repeat to --slices")
     parser.add_argument("--authors-repo", type=Path)
+    parser.add_argument("--head", type=Path, help="a T1 head (e.g. ROBEX's atlas.nii.gz) for the "
+                        "bf16-vs-fp32 check on real data, with --head-mask")
+    parser.add_argument("--head-mask", type=Path)
+    parser.add_argument("--fit-steps", type=int, default=300)
     args = parser.parse_args(argv)
     (cpu if args.device == "cpu" else gpu)(args)
+    if args.device == "cuda" and args.head and args.head_mask:
+        bf16_agreement(args)
     return 0
 
 
