@@ -112,3 +112,14 @@ def test_torchrun_shares_files_and_matches_one_process(inputs, tiny_checkpoint, 
     for name in one:
         assert np.array_equal(read_image(tmp_path / "one" / name).data,
                               read_image(tmp_path / "two" / name).data), name
+
+
+def test_non_axial_storage_keeps_shape_dtype_and_affine(tmp_path, tiny_checkpoint):
+    """A head stored sagittal-first (permuted axes and affine): labels match it exactly."""
+    from .test_io import _reoriented_head
+
+    path, _ = _reoriented_head(tmp_path)
+    assert cli.main(["segment", str(path), "--checkpoint", str(tiny_checkpoint), "-q"]) == 0
+    image, labels = read_image(path), read_image(tmp_path / "head_permuted_labels.nii.gz")
+    assert labels.data.shape == image.data.shape and labels.data.dtype == np.uint8
+    assert np.array_equal(labels.geometry.affine, image.geometry.affine)
