@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
     seg.set_defaults(run=_segment)
+
+    from .cli_train import add_parsers
+
+    add_parsers(commands)
     return parser
 
 

@@ -40,15 +40,15 @@ class Rank:
         return requested
 
 
-def init() -> Rank:
-    """Join the process group torchrun prepared, if any."""
+def init(backend: str = "gloo") -> Rank:
+    """Join the process group torchrun prepared, if any. Segmentation only exchanges small
+    Python objects at the end, for which gloo serves on CPUs and GPUs alike; training
+    all-reduces gradients and passes "nccl" on GPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Rank()
     if not dist.is_initialized():
-        # The processes only exchange small Python objects (the results), so gloo serves on
-        # CPUs and GPUs alike and needs no GPU memory.
-        dist.init_process_group("gloo")
+        dist.init_process_group(backend)
     return Rank(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 

@@ -285,7 +285,9 @@ class VSSM(nn.Module):
         return x
 
     def forward_final(self, x):
-        return self.final_conv(self.final_up(x).permute(0, 3, 1, 2))
+        # contiguous: a channels-last input would give the 1x1 conv's weight a gradient with
+        # odd strides, which DistributedDataParallel warns about on every step
+        return self.final_conv(self.final_up(x).permute(0, 3, 1, 2).contiguous())
 
     def forward(self, x):
         x, skips = self.forward_features(x)

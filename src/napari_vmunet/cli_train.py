@@ -1,0 +1,253 @@
+"""``napari-vmunet finetune`` and ``napari-vmunet train``: the training engine from a shell.
+
+finetune: one image and its corrected labels -> a new checkpoint that never replaces its parent.
+train: a data set of image/label files -> a checkpoint, from scratch, from VMamba-S ImageNet
+weights or from a checkpoint; resumable; DistributedDataParallel under ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _settings(args, **overrides):
+    from .engine.training import TrainingSettings
+
+    values = dict(steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
+                  validate_every=args.validate_every, decoder_only=args.decoder_only,
+                  seed=args.seed)
+    values.update(overrides)
+    return TrainingSettings(**values)
+
+
+def _check_output(path: Path, overwrite: bool, parent: Path | None = None) -> None:
+    if path.suffix != ".safetensors":
+        raise ValueError(f"-o must name a .safetensors file, got {path.name}")
+    if parent is not None and path.exists() and path.resolve() == parent.resolve():
+        raise ValueError(f"{path} is the checkpoint being trained from; choose a new name")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another name or use --overwrite")
+
+
+def _progress(events, total, quiet, label):
+    """Pass a training generator's events through, drawing a tqdm bar and printing results."""
+    from tqdm import tqdm
+
+    from .engine.training import Notice, TrainingStep, ValidationResult
+
+    with tqdm(total=total, desc=label, unit="step", disable=quiet) as bar:
+        for event in events:
+            if isinstance(event, TrainingStep):
+                bar.n = event.step
+                bar.set_postfix(loss=f"{event.loss:.3f}", lr=f"{event.learning_rate:.1e}")
+            elif isinstance(event, ValidationResult):
+                dice = ", ".join(f"{d:.3f}" for d in event.dice)
+                tqdm.write(f"step {event.step}: validation Dice {dice}"
+                           + (" (best)" if event.improved else ""))
+            elif isinstance(event, Notice):
+                tqdm.write(event.message)
+            yield event
+
+
+def finetune(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .engine.training import FineTuner, TrainingDone
+    from .io import read_image
+    from .recipes import get_recipe
+
+    if not args.checkpoint:
+        raise ValueError("no model to fine-tune: pass --checkpoint FILE")
+    output = Path(args.output)
+    _check_output(output, args.overwrite, Path(args.checkpoint))
+    image, labels = read_image(args.image), read_image(args.labels)
+    model = load_checkpoint(args.checkpoint)
+    axis = args.axis
+    if axis is None and labels.data.ndim == 3:
+        axis = image.geometry.axial_axis()
+    slices = [int(s) for s in args.slices.split(",")] if args.slices else None
+    tuner = FineTuner(model, image.data, labels.data.astype(int, copy=False), slices=slices,
+                      axis=axis, recipe=get_recipe(args.recipe) if args.recipe else None,
+                      settings=_settings(args), device=args.device,
+                      extend_classes=args.extend_classes)
+    print(f"fine-tuning on {len(tuner.slices)} slice(s) along axis {tuner.axis}: "
+          f"{', '.join(map(str, tuner.slices[:20]))}{' ...' if len(tuner.slices) > 20 else ''}")
+    done = None
+    for event in _progress(tuner.run(), args.steps, args.quiet, "fine-tuning"):
+        if isinstance(event, TrainingDone):
+            done = event
+    provenance = {"image": Path(args.image).name, "labels": Path(args.labels).name,
+                  **tuner.provenance(), "stop_reason": done.stop_reason}
+    save_checkpoint(model, output, recipe=tuner.recipe, provenance=provenance,
+                    overwrite=args.overwrite)
+    print(f"best validation Dice {done.best_dice:.4f} at step {done.best_step} of "
+          f"{done.steps_run} ({done.stop_reason}, {done.seconds:.0f} s)")
+    print(f"saved {output}")
+    return 0
+
+
+def train(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import distributed
+    from .checkpoint import init_from_vmamba, load_checkpoint, save_checkpoint
+    from .engine.device import resolve_device
+    from .engine.training import (
+        LogitsOf,
+        SliceSet,
+        Trainer,
+        TrainingDone,
+        TrainingStep,
+        split_slices,
+        volume_slices,
+    )
+    from .io import read_image
+    from .model import PRESETS, VMUNet, VMUNetConfig
+    from .recipes import get_recipe, recipe_for
+
+    if len(args.images) != len(args.labels):
+        raise ValueError(f"{len(args.images)} images but {len(args.labels)} label files: give "
+                         "one label file per image, in the same order")
+    output = Path(args.output)
+    state_path = output.with_name(output.name + ".train-state.pt")
+    if not args.resume:
+        _check_output(output, args.overwrite,
+                      Path(args.checkpoint) if args.checkpoint else None)
+    elif not state_path.exists():
+        raise FileNotFoundError(f"--resume: no training state {state_path} to resume from")
+    rank = distributed.init(backend="nccl" if args.device != "cpu" and torch.cuda.is_available()
+                            else "gloo")
+    device = resolve_device(rank.device(args.device))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.manual_seed(args.seed)
+
+    if args.checkpoint:
+        model = load_checkpoint(args.checkpoint)
+        recipe = get_recipe(args.recipe) if args.recipe else recipe_for(model)[0]
+    else:
+        base = PRESETS["isic"] if args.config == "published" else VMUNetConfig(
+            dims=(48, 96, 192, 384)) if args.config == "small" else VMUNetConfig(
+            dims=(32, 64, 128, 256), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1))
+        config = VMUNetConfig(**{**base.to_dict(), "num_classes": args.classes,
+                                 "image_size": args.size})
+        model = VMUNet(config)
+        recipe = get_recipe(args.recipe or "mri")
+        if args.init_vmamba:
+            counts = init_from_vmamba(model, args.init_vmamba)
+            if rank.is_main:
+                print(f"initialised from VMamba: {counts['encoder']} encoder and "
+                      f"{counts['decoder']} decoder tensors")
+    model.to(device)
+    multiple = model.config.size_multiple
+    size = recipe.input_size or args.size
+    axes = [int(a) for a in args.axes.split(",")]
+    sets = []
+    for image_path, labels_path in zip(args.images, args.labels, strict=True):
+        image, labels = read_image(image_path), read_image(labels_path)
+        if labels.data.shape != image.data.shape[: labels.data.ndim]:
+            raise ValueError(f"{labels_path} has shape {labels.data.shape} but {image_path} "
+                             f"has {image.data.shape}")
+        sets.append(volume_slices(image.data, labels.data.astype(int, copy=False), axes, recipe,
+                                  multiple, device, size))
+    data = SliceSet.concat(sets)
+    if int(data.labels.max()) >= max(2, model.config.num_classes):
+        raise ValueError(f"labels use values up to {int(data.labels.max())} but the model has "
+                         f"{model.config.num_classes} classes; set --classes")
+    train_idx, val_idx = split_slices(range(len(data)), args.seed, args.val_fraction)
+    val_idx = val_idx or train_idx
+    per_process = max(1, -(-args.batch_size // rank.world_size))
+    ddp = None
+    if rank.world_size > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            LogitsOf(model), device_ids=[device.index] if device.type == "cuda" else None)
+    trainer = Trainer(model, data.subset(train_idx), data.subset(val_idx),
+                      _settings(args, batch_size=per_process, learning_rate=args.lr), device,
+                      ddp_model=ddp, rank=rank.rank, value_range=recipe.value_range)
+    if args.resume:
+        trainer.load_state(torch.load(state_path, map_location="cpu", weights_only=True))
+        if rank.is_main:
+            print(f"resumed at step {trainer.step} (best Dice {trainer.best_dice:.4f})")
+    if rank.is_main:
+        print(f"{len(train_idx)} training and {len(val_idx)} validation slices of "
+              f"{size}x{size}; {rank.world_size} process(es), batch {per_process} each")
+    done = None
+    events = trainer.run()
+    if rank.is_main:
+        events = _progress(events, args.steps, args.quiet, "training")
+    for event in events:
+        if isinstance(event, TrainingStep) and rank.is_main and event.step % args.save_every == 0:
+            _save_state(trainer.state(), state_path)
+        if isinstance(event, TrainingDone):
+            done = event
+    if rank.is_main:
+        _save_state(trainer.state(), state_path)
+        provenance = {"data": [Path(p).name for p in args.images], "axes": axes,
+                      "steps": done.steps_run, "best_step": done.best_step,
+                      "validation_dice": done.best_dice, "processes": rank.world_size,
+                      "init": "checkpoint" if args.checkpoint else
+                      ("vmamba" if args.init_vmamba else "scratch")}
+        save_checkpoint(model, output, recipe=recipe, provenance=provenance, overwrite=True,
+                        dtype=torch.float16 if args.fp16 else None)
+        print(f"best validation Dice {done.best_dice:.4f} at step {done.best_step}; "
+              f"saved {output} (training state: {state_path.name})")
+    distributed.finish(rank)
+    return 0
+
+
+def _save_state(state: dict, path: Path) -> None:
+    import torch
+
+    from .io import atomic_write
+
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def add_parsers(commands) -> None:
+    def common(p, steps, lr, batch):
+        p.add_argument("-o", "--output", required=True, help="the new .safetensors checkpoint")
+        p.add_argument("--checkpoint", help="the model to start from (.pth or .safetensors)")
+        p.add_argument("--recipe", help="preprocessing (default: the checkpoint's own)")
+        p.add_argument("--steps", type=int, default=steps, help=f"training steps ({steps})")
+        p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate ({lr:g})")
+        p.add_argument("--batch-size", type=int, default=batch, help=f"slices per step ({batch})")
+        p.add_argument("--validate-every", type=int, default=20, help="steps between validations")
+        p.add_argument("--decoder-only", action="store_true", help="keep the encoder frozen")
+        p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+        p.add_argument("--seed", type=int, default=0, help="for a repeatable run")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    ft = commands.add_parser(
+        "finetune", help="fine-tune a model on the corrected slices of one image",
+        description="Fine-tune on the slices you corrected; validation Dice is printed as it "
+        "goes and the best weights are saved to a new file (never over the parent).")
+    ft.add_argument("image", help="the image or volume")
+    ft.add_argument("labels", help="its labels (the corrected slices hold your corrections)")
+    ft.add_argument("--slices", help="corrected slice indices, e.g. 10,11,12 (default: every "
+                    "slice holding a label)")
+    ft.add_argument("--axis", type=int, help="slicing axis (default: the axial one)")
+    ft.add_argument("--extend-classes", action="store_true",
+                    help="grow the model's head when the labels have more classes")
+    common(ft, steps=200, lr=3e-4, batch=8)
+    ft.set_defaults(run=finetune)
+
+    tr = commands.add_parser(
+        "train", help="train a model on a data set of labelled images",
+        description="Train on every slice (along --axes) of labelled images; resumable "
+        "(--resume); runs under torchrun with DistributedDataParallel.")
+    tr.add_argument("--images", nargs="+", required=True, help="image files")
+    tr.add_argument("--labels", nargs="+", required=True, help="label files, same order")
+    tr.add_argument("--config", choices=["published", "small", "tiny"], default="small",
+                    help="architecture when not starting from --checkpoint: the published "
+                    "27 M model, small (dims 48-384) or tiny (32-256, one block a stage)")
+    tr.add_argument("--classes", type=int, default=1, help="classes (1: binary, sigmoid)")
+    tr.add_argument("--init-vmamba", help="VMamba-S v0 ImageNet weights to start from")
+    tr.add_argument("--axes", default="0,1,2", help="slice along these axes (0,1,2)")
+    tr.add_argument("--size", type=int, default=256, help="training slice side (256)")
+    tr.add_argument("--val-fraction", type=float, default=0.1, help="validation share (0.1)")
+    tr.add_argument("--save-every", type=int, default=100, help="steps between state saves")
+    tr.add_argument("--resume", action="store_true", help="continue from OUTPUT.train-state.pt")
+    tr.add_argument("--fp16", action="store_true", help="store the weights in float16")
+    common(tr, steps=2000, lr=1e-3, batch=16)
+    tr.set_defaults(run=train)

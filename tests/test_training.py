@@ -1,0 +1,227 @@
+"""Fine-tuning and training on real volumes: learning, stopping, saving, bad input, torchrun."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from napari_vmunet import cli
+from napari_vmunet.checkpoint import file_sha256, load_checkpoint
+from napari_vmunet.engine import Segmenter
+from napari_vmunet.engine.training import (
+    FineTuner,
+    Notice,
+    TrainingDone,
+    TrainingSettings,
+    ValidationResult,
+    extend_head,
+    split_slices,
+)
+from napari_vmunet.io import read_image
+from napari_vmunet.model import VMUNet, VMUNetConfig
+from napari_vmunet.recipes import RECIPES
+
+from .conftest import DATA
+
+SMALL = dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1),
+             d_state=8)
+
+
+@pytest.fixture(scope="module")
+def head():
+    return (read_image(DATA / "robex_t1_3mm.nii.gz").data,
+            read_image(DATA / "robex_brainmask_3mm.nii.gz").data.astype(np.int64))
+
+
+def small_model(seed=0, **config):
+    torch.manual_seed(seed)
+    model = VMUNet(VMUNetConfig(**{**SMALL, **config}))
+    model.recipe = RECIPES["mri"].to_dict()
+    return model
+
+
+def dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def run(tuner):
+    events = list(tuner.run())
+    assert isinstance(events[-1], TrainingDone)
+    return events
+
+
+def test_fine_tuning_on_three_corrected_slices_improves_the_others(head):
+    image, mask = head
+    model = small_model()
+    axis, corrected = 2, [25, 40, 55]
+    others = [i for i in range(image.shape[axis]) if i not in corrected]
+
+    def dice_on_others():
+        labels = Segmenter(model, device="cpu").segment(image, axis=axis).labels
+        return dice(np.take(labels, others, axis) > 0, np.take(mask, others, axis) > 0)
+
+    before = dice_on_others()
+    settings = TrainingSettings(steps=60, batch_size=4, learning_rate=2e-3, validate_every=10)
+    events = run(FineTuner(model, image, mask, corrected, axis, settings=settings,
+                           device="cpu"))
+    after = dice_on_others()
+    validations = [e for e in events if isinstance(e, ValidationResult)]
+    assert len(validations) == 6 and validations[-1].best_dice == events[-1].best_dice
+    assert after > before + 0.2 and after > 0.7, (before, after)
+
+
+def test_few_slices_validate_on_training_slices_and_say_so(head):
+    image, mask = head
+    settings = TrainingSettings(steps=4, batch_size=2, validate_every=2)
+    events = run(FineTuner(small_model(), image, mask, [30, 40], 2, settings=settings,
+                           device="cpu"))
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert any("only 2 corrected slice(s): validating on the training slices" in n
+               for n in notices)
+
+
+def test_seeded_runs_are_identical_and_decoder_only_keeps_the_encoder(head):
+    image, mask = head
+    settings = TrainingSettings(steps=6, batch_size=2, validate_every=3, decoder_only=True)
+    models = [small_model(), small_model()]
+    encoder_before = {k: v.clone() for k, v in models[0].state_dict().items()
+                      if k.startswith(("vmunet.patch_embed", "vmunet.layers."))}
+    decoder_before = models[0].state_dict()["vmunet.final_conv.weight"].clone()
+    for model in models:
+        run(FineTuner(model, image, mask, [20, 30, 40, 50], 2, settings=settings, device="cpu"))
+    a, b = models[0].state_dict(), models[1].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], v) for k, v in encoder_before.items())
+    assert not torch.equal(a["vmunet.final_conv.weight"], decoder_before)
+
+
+def test_stopping_keeps_the_best_weights(head):
+    image, mask = head
+    model = small_model()
+    tuner = FineTuner(model, image, mask, [20, 30, 40, 50, 60], 2, device="cpu",
+                      settings=TrainingSettings(steps=100, batch_size=2, validate_every=2))
+    events = tuner.run()
+    for event in events:
+        if isinstance(event, ValidationResult) and event.step >= 4:
+            break
+    events.close()  # the user pressed Stop
+    best = {k: v.clone() for k, v in tuner.trainer.best_state.items()}
+    tuner.restore_best()
+    assert all(torch.equal(model.state_dict()[k].cpu(), v) for k, v in best.items())
+    assert tuner.trainer.best_dice > 0
+
+
+def test_a_nan_loss_stops_and_restores_the_best(head, monkeypatch):
+    image, mask = head
+    model = small_model()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    forward, calls = model.forward_logits, []
+
+    def poisoned(x):
+        calls.append(1)
+        out = forward(x)
+        return out * float("nan") if len(calls) > 3 else out
+
+    monkeypatch.setattr(model, "forward_logits", poisoned)
+    events = run(FineTuner(model, image, mask, [20, 30, 40], 2, device="cpu",
+                           settings=TrainingSettings(steps=50, batch_size=2, validate_every=10)))
+    assert events[-1].stop_reason == "NaN loss"
+    assert any("the loss became nan" in e.message for e in events if isinstance(e, Notice))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in initial.items())
+
+
+def test_extra_label_values_are_refused_or_extend_the_head(head):
+    image, mask = head
+    labels = mask.copy()
+    labels[labels.shape[0] // 2 :][labels[labels.shape[0] // 2 :] > 0] = 2  # right half: class 2
+    with pytest.raises(ValueError, match="labels use values up to 2 but the model knows 2"):
+        FineTuner(small_model(), image, labels, [30], 2, device="cpu")
+    model = small_model().eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+    extend_head(model, 3)
+    with torch.no_grad():
+        after = torch.softmax(model(x), 1)
+    assert model.config.num_classes == 3 and model.vmunet.final_conv.out_channels == 3
+    assert torch.allclose(after[:, 1], before[:, 0], atol=1e-3)  # foreground kept
+    assert after[:, 2].max() < 0.05  # the new class starts improbable
+    tuner = FineTuner(small_model(), image, labels, [30, 40], 2, device="cpu",
+                      extend_classes=True, settings=TrainingSettings(steps=2, batch_size=2))
+    assert run(tuner)[-1].steps_run == 2
+
+
+@pytest.mark.parametrize("slices, labels_shape, message", [
+    ([], None, "no corrected slices given"),
+    ([200], None, "slice 200 does not exist: axis 2 has slices 0..76"),
+    ([0, 1], None, "hold no labels at all"),
+    (None, (58, 75, 76), "labels have shape"),
+])
+def test_bad_input(head, slices, labels_shape, message):
+    image, mask = head
+    labels = mask if labels_shape is None else np.zeros(labels_shape, np.int64)
+    with pytest.raises(ValueError, match=message):
+        FineTuner(small_model(), image, labels, slices, 2, device="cpu")
+    with pytest.raises(ValueError, match="labels must be integers"):
+        FineTuner(small_model(), image, mask.astype(np.float32), None, 2, device="cpu")
+    with pytest.raises(ValueError, match="no slice holds a label"):
+        FineTuner(small_model(), image, np.zeros_like(mask), None, 2, device="cpu")
+
+
+def test_validation_split_is_spread_and_disjoint():
+    train, val = split_slices(range(40), seed=0)
+    assert len(val) == 8 and not set(train) & set(val) and set(train) | set(val) == set(range(40))
+    assert max(val) - min(val) > 20
+    assert split_slices([3, 7], seed=0) == ([3, 7], [])
+
+
+def test_cli_finetune_saves_a_new_file_and_leaves_the_parent(tmp_path, capsys):
+    from napari_vmunet.checkpoint import save_checkpoint
+
+    parent = save_checkpoint(small_model(), tmp_path / "parent.safetensors",
+                             recipe=RECIPES["mri"])
+    digest = file_sha256(parent)
+    image, labels = str(DATA / "robex_t1_3mm.nii.gz"), str(DATA / "robex_brainmask_3mm.nii.gz")
+    out = tmp_path / "tuned.safetensors"
+    args = ["finetune", image, labels, "--checkpoint", str(parent), "--slices", "20,35,50",
+            "--steps", "6", "--validate-every", "3", "--batch-size", "2", "--device", "cpu", "-q"]
+    assert cli.main([*args, "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuning on 3 slice(s) along axis 2: 20, 35, 50" in printed
+    assert "best validation Dice" in printed and f"saved {out}" in printed
+    tuned = load_checkpoint(out)
+    assert tuned.provenance["parent_sha256"] == digest
+    assert tuned.provenance["fine_tuned_on_slices"] == [20, 35, 50]
+    assert file_sha256(parent) == digest
+    assert cli.main([*args, "-o", str(parent), "--overwrite"]) == 2  # never over the parent
+    assert "being trained from" in capsys.readouterr().err
+    assert file_sha256(parent) == digest
+    assert cli.main([*args, "-o", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_train_resumes_and_runs_under_torchrun(tmp_path, capsys):
+    data = ["--images", str(DATA / "robex_t1_3mm.nii.gz"), "--labels",
+            str(DATA / "robex_brainmask_3mm.nii.gz")]
+    common = [*data, "--config", "tiny", "--size", "96", "--batch-size", "4", "--device", "cpu",
+              "--validate-every", "5", "--save-every", "5", "-q"]
+    out = tmp_path / "model.safetensors"
+    assert cli.main(["train", *common, "--steps", "5", "-o", str(out)]) == 0
+    assert cli.main(["train", *common, "--steps", "10", "-o", str(out), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed at step 5" in printed
+    assert load_checkpoint(out).provenance["steps"] == 10
+
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "napari_vmunet.cli", "train", *common, "--steps", "6",
+         "-o", str(tmp_path / "ddp.safetensors")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es), batch 2 each" in result.stdout
+    assert result.stdout.count("saved ") == 1  # rank 0 writes, once
+    assert "Grad strides do not match" not in result.stderr
+    assert load_checkpoint(tmp_path / "ddp.safetensors").provenance["processes"] == 2
