@@ -225,3 +225,16 @@ def test_cli_train_resumes_and_runs_under_torchrun(tmp_path, capsys):
     assert result.stdout.count("saved ") == 1  # rank 0 writes, once
     assert "Grad strides do not match" not in result.stderr
     assert load_checkpoint(tmp_path / "ddp.safetensors").provenance["processes"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fine_tuning_on_cuda_in_bf16(head):
+    image, mask = head
+    model = small_model()
+    events = run(FineTuner(model, image, mask, [25, 40, 55], 2, device="cuda",
+                           settings=TrainingSettings(steps=40, batch_size=8, learning_rate=2e-3,
+                                                     validate_every=10)))
+    validations = [e for e in events if isinstance(e, ValidationResult)]
+    assert events[-1].stop_reason == "finished" and validations[-1].best_dice > 0.6
+    assert next(model.parameters()).device.type == "cuda"
