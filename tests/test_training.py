@@ -238,3 +238,22 @@ def test_fine_tuning_on_cuda_in_bf16(head):
     validations = [e for e in events if isinstance(e, ValidationResult)]
     assert events[-1].stop_reason == "finished" and validations[-1].best_dice > 0.6
     assert next(model.parameters()).device.type == "cuda"
+
+
+def test_out_of_memory_halves_the_training_batch(head, monkeypatch):
+    image, mask = head
+    model = small_model()
+    forward = model.forward_logits
+
+    def limited(x):
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(x)
+
+    monkeypatch.setattr(model, "forward_logits", limited)
+    events = run(FineTuner(model, image, mask, [20, 30, 40, 50], 2, device="cpu",
+                           settings=TrainingSettings(steps=3, batch_size=8, validate_every=3)))
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    # 3 training slices -> batches of 3, which "do not fit"; halved to 1, training goes on
+    assert "out of GPU memory: continuing with batches of 1" in notices
+    assert events[-1].steps_run == 3
