@@ -51,13 +51,13 @@ def _progress(events, total, quiet, label):
 
 
 def finetune(args: argparse.Namespace) -> int:
+    from .bundled import default_checkpoint
     from .checkpoint import load_checkpoint, save_checkpoint
     from .engine.training import FineTuner, TrainingDone
     from .io import read_image
     from .recipes import get_recipe
 
-    if not args.checkpoint:
-        raise ValueError("no model to fine-tune: pass --checkpoint FILE")
+    args.checkpoint = args.checkpoint or str(default_checkpoint())
     output = Path(args.output)
     _check_output(output, args.overwrite, Path(args.checkpoint))
     image, labels = read_image(args.image), read_image(args.labels)
@@ -162,7 +162,8 @@ def train(args: argparse.Namespace) -> int:
         ddp = torch.nn.parallel.DistributedDataParallel(
             LogitsOf(model), device_ids=[device.index] if device.type == "cuda" else None)
     trainer = Trainer(model, data.subset(train_idx), data.subset(val_idx),
-                      _settings(args, batch_size=per_process, learning_rate=args.lr), device,
+                      _settings(args, batch_size=per_process, zoom=args.zoom, gamma=args.gamma),
+                      device,
                       ddp_model=ddp, rank=rank.rank, value_range=recipe.value_range)
     if args.resume:
         trainer.load_state(torch.load(state_path, map_location="cpu", weights_only=True))
@@ -206,7 +207,8 @@ def _save_state(state: dict, path: Path) -> None:
 def add_parsers(commands) -> None:
     def common(p, steps, lr, batch):
         p.add_argument("-o", "--output", required=True, help="the new .safetensors checkpoint")
-        p.add_argument("--checkpoint", help="the model to start from (.pth or .safetensors)")
+        p.add_argument("--checkpoint", help="the model to start from (.pth or .safetensors; "
+                       "finetune's default: the bundled T1 brain model)")
         p.add_argument("--recipe", help="preprocessing (default: the checkpoint's own)")
         p.add_argument("--steps", type=int, default=steps, help=f"training steps ({steps})")
         p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate ({lr:g})")
@@ -249,5 +251,9 @@ def add_parsers(commands) -> None:
     tr.add_argument("--save-every", type=int, default=100, help="steps between state saves")
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT.train-state.pt")
     tr.add_argument("--fp16", action="store_true", help="store the weights in float16")
+    tr.add_argument("--zoom", type=float, default=0.25,
+                    help="augmentation: random scale up to 1 + ZOOM (0.25), for other voxel sizes")
+    tr.add_argument("--gamma", type=float, default=0.4,
+                    help="augmentation: contrast curve up to 1 + GAMMA (0.4), for other scanners")
     common(tr, steps=2000, lr=1e-3, batch=16)
     tr.set_defaults(run=train)

@@ -20,10 +20,18 @@ def augment(
     generator: torch.Generator,
     *,
     max_rotation_degrees: float = 15.0,
+    max_zoom: float = 0.0,
     intensity_jitter: float = 0.1,
+    max_gamma: float = 0.0,
     value_range: tuple[float, float] = (0.0, 1.0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """images (n, c, h, w) float, labels (n, h, w) int64 -> augmented copies."""
+    """images (n, c, h, w) float, labels (n, h, w) int64 -> augmented copies.
+
+    ``max_zoom`` 0.25 zooms each sample by a factor in [1/1.25, 1.25]: heads scanned at other
+    voxel sizes look larger or smaller, and a model trained at one resolution should not care.
+    ``max_gamma`` 0.4 applies a contrast curve x**g, g in [1/1.4, 1.4] (another scanner, another
+    sequence), before the scale/shift jitter.
+    """
     n, _, h, w = images.shape
     device = images.device
 
@@ -35,7 +43,8 @@ def augment(
     angle = angle + quarter_turns * (math.pi / 2)
     flip_x = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
     flip_y = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle), torch.sin(angle)
+    zoom = torch.exp(uniform(-math.log1p(max_zoom), math.log1p(max_zoom)))
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     # grid_sample works in normalised coordinates; for non-square slices, rotate in pixel units.
     aspect = w / h
     theta = torch.zeros(n, 2, 3, device=device)
@@ -49,8 +58,12 @@ def augment(
     labels = F.grid_sample(labels[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                            align_corners=False)[:, 0].long()
 
+    span = value_range[1] - value_range[0]
+    if max_gamma:
+        gamma = torch.exp(uniform(-math.log1p(max_gamma), math.log1p(max_gamma))).view(n, 1, 1, 1)
+        unit = ((images - value_range[0]) / span).clamp(0, 1)
+        images = unit**gamma * span + value_range[0]
     if intensity_jitter:
-        span = value_range[1] - value_range[0]
         scale = uniform(1 - intensity_jitter, 1 + intensity_jitter).view(n, 1, 1, 1)
         shift = (uniform(-intensity_jitter, intensity_jitter) * span).view(n, 1, 1, 1)
         images = (images - value_range[0]) * scale + value_range[0] + shift

@@ -45,6 +45,8 @@ class TrainingSettings:
     grad_clip: float = 1.0
     decoder_only: bool = False
     augment: bool = True
+    zoom: float = 0.1  # augmentation: scale by up to +-10 %
+    gamma: float = 0.0  # augmentation: contrast curve x**g, g up to 1 + gamma
     bf16: bool = True
     seed: int = 0
 
@@ -294,7 +296,8 @@ class Trainer:
             index = torch.randint(len(self.train), (batch,), generator=self.generator)
             x, y = self.train.images[index], self.train.labels[index]
             if s.augment:
-                x, y = augment(x, y, self.generator, value_range=self.value_range)
+                x, y = augment(x, y, self.generator, value_range=self.value_range,
+                               max_zoom=s.zoom, max_gamma=s.gamma)
             try:
                 loss = self._step(x, y)
             except torch.OutOfMemoryError:

@@ -1,0 +1,38 @@
+"""The model and samples that ship in the package, and the README's demo command."""
+
+import numpy as np
+
+from napari_vmunet import cli
+from napari_vmunet.bundled import SAMPLES, default_checkpoint, load_sample, sample_paths
+from napari_vmunet.checkpoint import load_checkpoint
+
+
+def test_the_default_model_is_small_and_describes_itself():
+    path = default_checkpoint()
+    assert path.stat().st_size <= 16 * 2**20
+    model = load_checkpoint(path)
+    assert model.config.num_classes == 1 and model.class_names == ["brain"]
+    assert model.recipe["name"] == "mri"
+    assert model.provenance["data"] == ["colin_t1.nii.gz", "mni152_t1.nii.gz", "robex_t1.nii.gz"]
+
+
+def test_samples_load_with_their_geometry_and_stay_small():
+    total = sum(p.stat().st_size for name in SAMPLES for p in sample_paths(name))
+    assert total <= 5 * 2**20
+    head, brain = load_sample("t1-head")
+    assert head.data.shape == brain.data.shape == (116, 150, 155)
+    assert np.allclose(head.geometry.spacing, 1.5) and head.geometry.world == "RAS"
+    assert 0.1 < (brain.data > 0).mean() < 0.2
+    ct, tumour = load_sample("ct-lung")
+    assert ct.data.shape == tumour.data.shape and ct.data.min() < -900  # HU
+    assert tumour.data.sum() == 24644  # every voxel of pyradiomics' lung2 tumour
+
+
+def test_demo_segments_the_sample_head_and_never_overwrites(tmp_path, capsys):
+    for _ in range(2):
+        assert cli.main(["demo", "--out-dir", str(tmp_path), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    dice = float(out.split("Dice    ")[1].split()[0])
+    assert dice > 0.9, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t1_head_labels-2.nii.gz",
+                                                         "t1_head_labels.nii.gz"]
