@@ -126,9 +126,12 @@ def train(args: argparse.Namespace) -> int:
         model = load_checkpoint(args.checkpoint)
         recipe = get_recipe(args.recipe) if args.recipe else recipe_for(model)[0]
     else:
-        base = PRESETS["isic"] if args.config == "published" else VMUNetConfig(
-            dims=(48, 96, 192, 384)) if args.config == "small" else VMUNetConfig(
-            dims=(32, 64, 128, 256), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1))
+        base = {
+            "published": PRESETS["isic"],
+            "small": VMUNetConfig(dims=(48, 96, 192, 384)),
+            "tiny": VMUNetConfig(dims=(32, 64, 128, 256), depths=(1, 1, 1, 1),
+                                 depths_decoder=(1, 1, 1, 1)),
+        }[args.config]
         config = VMUNetConfig(**{**base.to_dict(), "num_classes": args.classes,
                                  "image_size": args.size})
         model = VMUNet(config)

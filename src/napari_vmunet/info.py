@@ -3,6 +3,7 @@ where and why the others don't, and what a checkpoint contains."""
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -61,8 +62,6 @@ def environment_report() -> list[str]:
             mark = "*" if name == chosen else " "
             state = "available" if reason is None else f"unavailable: {reason}"
             lines.append(f"    {mark} {name:10s} {description}; {state}")
-    import os
-
     if os.environ.get(ENV_VAR):
         lines.append(f"  {ENV_VAR}={os.environ[ENV_VAR]} forces the backend")
     else:

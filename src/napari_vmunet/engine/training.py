@@ -17,7 +17,6 @@ Recipe: slices are normalised exactly as the Segmenter will see them at inferenc
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -537,8 +536,3 @@ def extend_head(model, num_classes: int) -> None:
     if names:
         base = ["background", *names] if old_classes == 1 else list(names)
         model.class_names = base + [f"class {i}" for i in range(len(base), num_classes)]
-
-
-def deep_copy_model(model):
-    """A copy to fine-tune while the original keeps serving (the plugin's 'Revert')."""
-    return copy.deepcopy(model)

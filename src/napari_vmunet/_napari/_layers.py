@@ -1,0 +1,48 @@
+"""Between an :class:`~napari_vmunet.io.Image` and napari layer data.
+
+napari shows the array axes as stored, scaled by the voxel size (a full affine with the axis
+permutations and flips of medical files would make napari slice "non-orthogonally"). The exact
+geometry travels in the layer's metadata, so labels saved from a layer land on the source's
+grid with its affine and header."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..io import Geometry, Image
+
+GEOMETRY_KEY = "napari_vmunet_geometry"
+
+
+def image_layer_data(image: Image, name: str | None = None, kind: str = "image") -> tuple:
+    """(data, kwargs, layer type) for napari. Channels (RGB) stay as napari's rgb axis."""
+    g = image.geometry
+    data = image.data
+    kwargs = {"name": name or image.name, "metadata": {GEOMETRY_KEY: g},
+              "scale": tuple(g.spacing)}
+    if g.channel_axis is not None:
+        data = np.moveaxis(data, g.channel_axis, -1)
+        if kind == "image" and data.shape[-1] in (3, 4) and len(g.spatial_axes) == 2:
+            kwargs["rgb"] = True
+        else:  # other channel counts: one layer per channel would be napari's way; keep first
+            data = data[..., 0]
+    if g.units and g.units != "pixel":
+        kwargs["units"] = g.units if g.units != "um" else "micrometer"
+    if kind == "labels":
+        data = np.asarray(data).astype(np.uint8 if data.max() < 256 else np.uint16, copy=False)
+    return data, kwargs, kind
+
+
+def geometry_of_layer(meta: dict, shape: tuple[int, ...]) -> Geometry:
+    """The geometry to save a layer with: the source's (from its metadata) when it fits the
+    data's shape, else the layer's own affine."""
+    stored = (meta.get("metadata") or {}).get(GEOMETRY_KEY)
+    if isinstance(stored, Geometry) and len(stored.spatial_axes) == len(shape):
+        return stored.for_labels()
+    n = len(shape)
+    scale = [float(s) for s in (meta.get("scale") or [1.0] * n)][-n:]
+    translate = [float(t) for t in (meta.get("translate") or [0.0] * n)][-n:]
+    affine = np.eye(4)
+    for i in range(min(n, 3)):
+        affine[i, i], affine[i, 3] = scale[i], translate[i]
+    return Geometry(affine, tuple(scale), tuple(range(n)))
