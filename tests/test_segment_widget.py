@@ -1,0 +1,61 @@
+"""The Segment widget in a real napari window (Xvfb): loads through the manifest, segments the
+sample head with the bundled model, cancels, and survives a bad checkpoint."""
+
+import numpy as np
+import pytest
+
+from napari_vmunet.bundled import load_sample
+
+
+@pytest.fixture
+def widget_and_viewer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-vmunet", "t1-head")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vmunet", "Segment")
+    qtbot.waitUntil(lambda: widget.model is not None, timeout=60000)
+    widget.image_choice.value = "t1-head"
+    widget.device.value = "cpu"
+    return widget, viewer
+
+
+def test_segment_the_sample_head(widget_and_viewer, qtbot):
+    widget, viewer = widget_and_viewer
+    assert "t1_brain.safetensors: brain; recipe mri" in widget.model_card.value
+    widget.axis.value = 2
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
+    labels = viewer.layers["t1-head labels"]
+    image, reference = load_sample("t1-head")
+    assert labels.data.shape == image.data.shape and labels.data.dtype == np.uint8
+    assert np.allclose(labels.scale, viewer.layers["t1-head"].scale)
+    brain, truth = labels.data > 0, reference.data > 0
+    assert 2 * (brain & truth).sum() / (brain.sum() + truth.sum()) > 0.9
+    assert widget.status.value.startswith("done in")
+    widget.start()  # a second run never touches the first result (the user's corrections)
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
+    assert [layer.name for layer in viewer.layers].count("t1-head labels") == 1
+    assert "t1-head labels [1]" in [layer.name for layer in viewer.layers]
+
+
+def test_cancel_stops_and_keeps_a_consistent_layer(widget_and_viewer, qtbot):
+    widget, viewer = widget_and_viewer
+    widget.axis.value = 0
+    widget.start()
+    qtbot.waitUntil(lambda: widget.progress.value >= 2, timeout=60000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=5000)
+    assert widget.status.value.startswith("cancelled")
+    labels = viewer.layers["t1-head labels"].data
+    assert labels.shape == (116, 150, 155)
+    assert not labels[-1].any()  # the last slices were never segmented
+
+
+def test_a_bad_checkpoint_shows_an_error_and_changes_nothing(widget_and_viewer, qtbot, tmp_path):
+    widget, _ = widget_and_viewer
+    model = widget.model
+    bad = tmp_path / "broken.pth"
+    bad.write_text("not a checkpoint")
+    widget.load_model(bad)
+    qtbot.waitUntil(lambda: widget.model_card.value.startswith("could not load"), timeout=30000)
+    assert "broken.pth is not a checkpoint" in widget.model_card.value
+    assert widget.model is model and widget.run_button.enabled
