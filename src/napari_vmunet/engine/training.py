@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..recipes import Recipe, recipe_for
 from .augment import augment
 from .device import resolve_device
+from .inference import Notice  # one event type for "tell the user", segmenting or training
 from .preprocess import intensity_map, normalise
 
 
@@ -84,11 +85,6 @@ class ValidationResult:
     mean_dice: float
     best_dice: float
     improved: bool
-
-
-@dataclass
-class Notice:
-    message: str
 
 
 @dataclass
