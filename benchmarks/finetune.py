@@ -30,13 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from napari_vmunet.metrics import dice
 
 sys.path.insert(0, str(Path(__file__).parent))
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum()))
 
 
 def _sync(device):
@@ -101,7 +98,7 @@ def usefulness(args, device):
 
     def dice_on_others(model):
         labels = Segmenter(model, device=device).segment(image.data, axis=axis).labels > 0
-        return _dice(np.take(labels, others, axis), np.take(reference, others, axis))
+        return dice(np.take(labels, others, axis), np.take(reference, others, axis))
 
     before = dice_on_others(base)
     model = copy.deepcopy(base)
@@ -125,16 +122,11 @@ def usefulness(args, device):
 
 
 def throughput(args, device):
+    from napari_vmunet.engine.training import segmentation_loss
     from napari_vmunet.model import build_model
 
-    def loss_of(logits, y):
-        p = torch.sigmoid(logits).flatten(1)
-        t = y.flatten(1)
-        dice = (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)
-        return F.binary_cross_entropy_with_logits(logits, y) + 1 - dice.mean()
-
     x = torch.randn(32, 3, 256, 256, device=device)
-    y = (torch.rand(32, 1, 256, 256, device=device) > 0.5).float()
+    y = (torch.rand(32, 256, 256, device=device) > 0.5).long()
     models = {"ours": build_model("isic").to(device)}
     if args.authors_repo:
         from authors_parity import _import_authors
@@ -154,7 +146,7 @@ def throughput(args, device):
                 with torch.autocast(device.type, dtype=torch.bfloat16,
                                     enabled=precision == "bf16"):
                     logits = logits_of(x)
-                loss = loss_of(logits.float(), y)
+                loss = segmentation_loss(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

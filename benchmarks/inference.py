@@ -198,7 +198,9 @@ def bf16_agreement(args) -> None:
 
     from napari_vmunet.engine import Segmenter
     from napari_vmunet.engine.preprocess import intensity_map, normalise
+    from napari_vmunet.engine.training import segmentation_loss
     from napari_vmunet.io import read_image
+    from napari_vmunet.metrics import dice
     from napari_vmunet.model import build_model
     from napari_vmunet.recipes import RECIPES
 
@@ -224,9 +226,7 @@ def bf16_agreement(args) -> None:
         y = F.pad(y.to(device), pad)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model.forward_logits(x).float()
-        p = torch.sigmoid(logits)
-        dice = 1 - (2 * (p * y).sum() + 1) / (p.sum() + y.sum() + 1)
-        loss = F.binary_cross_entropy_with_logits(logits, y) + dice
+        loss = segmentation_loss(logits, y[:, 0].long())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -235,9 +235,6 @@ def bf16_agreement(args) -> None:
           f"last loss {loss.item():.3f}")
     model.eval()
     reference = mask.data > 0
-
-    def dice(a, b):
-        return 2 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
     labels = {}
     for name, bf16 in (("bf16", True), ("fp32", False)):

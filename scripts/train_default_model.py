@@ -23,9 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum()))
+from napari_vmunet.metrics import dice
 
 
 def otsu_baseline(volume: np.ndarray) -> np.ndarray:

@@ -14,6 +14,12 @@ from ..io import Geometry, Image
 GEOMETRY_KEY = "napari_vmunet_geometry"
 
 
+def as_labels(data) -> np.ndarray:
+    """Label values as uint8, or uint16 when they do not fit."""
+    data = np.asarray(data)
+    return data.astype(np.uint8 if data.max() < 256 else np.uint16, copy=False)
+
+
 def image_layer_data(image: Image, name: str | None = None, kind: str = "image") -> tuple:
     """(data, kwargs, layer type) for napari. Channels (RGB) stay as napari's rgb axis."""
     g = image.geometry
@@ -29,7 +35,7 @@ def image_layer_data(image: Image, name: str | None = None, kind: str = "image")
     if g.units and g.units != "pixel":
         kwargs["units"] = g.units if g.units != "um" else "micrometer"
     if kind == "labels":
-        data = np.asarray(data).astype(np.uint8 if data.max() < 256 else np.uint16, copy=False)
+        data = as_labels(data)
     return data, kwargs, kind
 
 

@@ -111,8 +111,9 @@ class SegmentWidget(Container):
     def _model_loaded(self, model, path: Path) -> None:
         self.model, self.model_path = model, path
         if str(path) not in self.model_choice.choices and path != default_checkpoint():
-            self.model_choice.choices = [BUNDLED, str(path), OPEN]
-            self.model_choice.value = str(path)
+            with self.model_choice.changed.blocked():
+                self.model_choice.choices = [BUNDLED, str(path), OPEN]
+                self.model_choice.value = str(path)
         from ..recipes import recipe_for
 
         recipe, note = recipe_for(model)
@@ -132,10 +133,12 @@ class SegmentWidget(Container):
         show_error(f"VM-UNet: {exc}")
         self.model_card.value = f"could not load: {exc}"
         self.run_button.enabled = self.model is not None
-        if self.model is None or self.model_path is None:
+        if self.model_path is None:
             return
-        self.model_choice.value = BUNDLED if self.model_path == default_checkpoint() \
-            else str(self.model_path)
+        # Show the model still in use again, without loading it a second time.
+        with self.model_choice.changed.blocked():
+            self.model_choice.value = BUNDLED if self.model_path == default_checkpoint() \
+                else str(self.model_path)
 
     def _device(self) -> str:
         from ..engine.device import resolve_device

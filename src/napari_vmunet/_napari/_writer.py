@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..io import image_format, write_labels
-from ._layers import geometry_of_layer
+from ._layers import as_labels, geometry_of_layer
 
 
 def write_labels_layer(path: str, data, meta: dict) -> list[str]:
     if image_format(path) is None or path.lower().endswith(".nhdr"):
         return []
-    data = np.asarray(data)
-    labels = data.astype(np.uint8 if data.max() < 256 else np.uint16, copy=False)
+    labels = as_labels(data)
     # napari's save dialog has already asked before replacing an existing file
     written = write_labels(labels, path, geometry_of_layer(meta, labels.shape), overwrite=True)
     return [str(written)]

@@ -30,7 +30,7 @@ from ..recipes import Recipe, recipe_for
 from .augment import augment
 from .device import resolve_device
 from .inference import Notice  # one event type for "tell the user", segmenting or training
-from .preprocess import intensity_map, normalise
+from .preprocess import IntensityMap, intensity_map, normalise
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class SliceSet:
 
 def prepare_slices(volume: np.ndarray, labels: np.ndarray, indices: Sequence[int] | None,
                    axis: int | None, recipe: Recipe, multiple: int, device: torch.device,
-                   size: int | None = None) -> SliceSet:
+                   size: int | None = None, mapping: IntensityMap | None = None) -> SliceSet:
     """Cut 2D slices out of a volume (or take a 2D image) and bring them to the model's grid.
 
     ``size``: a common square side for slices of different volumes (padded, or shrunk to fit
@@ -134,7 +134,8 @@ def prepare_slices(volume: np.ndarray, labels: np.ndarray, indices: Sequence[int
     if volume.shape[: labels.ndim] != labels.shape:
         raise ValueError(f"labels have shape {labels.shape} but the image has {volume.shape}; "
                          "they must cover the same voxels")
-    mapping, _ = intensity_map(volume, recipe)
+    if mapping is None:
+        mapping, _ = intensity_map(volume, recipe)
     if labels.ndim == 2:
         images_np, labels_np = volume[None], labels[None]
     else:
@@ -173,8 +174,9 @@ def volume_slices(image: np.ndarray, labels: np.ndarray, axes: Sequence[int], re
     a common ``size`` x ``size`` so that slices of different volumes and axes batch together."""
     if labels.ndim == 2:
         return prepare_slices(image, labels, None, None, recipe, multiple, device, size)
+    mapping, _ = intensity_map(image, recipe)  # one volume, one mapping, whatever the axis
     sets = [prepare_slices(image, labels, range(labels.shape[a]), a, recipe, multiple, device,
-                           size) for a in axes]
+                           size, mapping) for a in axes]
     return SliceSet.concat(sets)
 
 
