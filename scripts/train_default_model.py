@@ -69,7 +69,8 @@ def main(argv=None) -> int:
     def pair(name):
         return args.data / f"{name}_t1.nii.gz", args.data / f"{name}_brain.nii.gz"
 
-    train_args = ["--config", args.config, "--size", "256", "--batch-size", "16",
+    train_args = ["--config", args.config, "--recipe", "t1-brain", "--size", "256",
+                  "--batch-size", "16",
                   "--validate-every", "100", "--fp16", "--overwrite", "-q"]
     rows = []
     for held in ([] if args.skip_loho else [h for h in heads if h not in skull_stripped]):

@@ -1,5 +1,6 @@
 """The Segmenter: layouts, streaming, cancel, bad input and memory, on real volumes."""
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -7,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_vmunet.checkpoint import load_checkpoint
 from napari_vmunet.engine import Notice, SegmentationDone, Segmenter, SlicesDone, segment
@@ -227,3 +229,56 @@ def test_out_of_memory_halves_the_batch_and_goes_on(head):
     with pytest.raises(MemoryError, match="does not fit"):
         Segmenter(RunsOutOfMemory(limit=0), RECIPES["mri"], device="cpu",
                   batch_size=2).segment(head.data, axis=0)
+
+
+def test_slices_are_resampled_to_the_recipes_pixel_size(head):
+    """3 mm voxels and a 1 mm recipe: the model sees slices three times larger (padded to its
+    multiple of 32), and the labels come back at the image's own shape."""
+    seen = []
+    model = CountingModel()
+    model.forward_logits = lambda x, f=model.forward_logits: seen.append(x.shape[-2:]) or f(x)
+    recipe = dataclasses.replace(RECIPES["t1-brain"], keep_largest=False)
+    done = Segmenter(model, recipe, device="cpu").segment(head.data, axis=2,
+                                                          spacing=(3.0, 3.0, 3.0))
+    h, w = head.data.shape[:2]
+    assert tuple(seen[0]) == (-(-3 * h // 32) * 32, -(-3 * w // 32) * 32)
+    assert done.labels.shape == head.data.shape
+    # the stand-in marks bright voxels; resampling there and back keeps that
+    assert done.labels[head.data > np.percentile(head.data, 99)].mean() > 0.99
+    # spacing within 2 % of the pixel size: no resampling
+    seen.clear()
+    Segmenter(model, recipe, device="cpu").segment(head.data[..., 0], spacing=(1.01, 0.99))
+    assert tuple(seen[0]) == (-(-h // 32) * 32, -(-w // 32) * 32)
+    with pytest.raises(ValueError, match="2 values for 3 spatial axes"):
+        Segmenter(model, recipe, device="cpu").segment(head.data, spacing=(1.0, 1.0))
+    with pytest.raises(ValueError, match="must be positive"):
+        Segmenter(model, recipe, device="cpu").segment(head.data, spacing=(1.0, 0.0, 1.0))
+
+
+def test_keep_largest_removes_islands_and_fills_holes():
+    """On the real ROBEX brain mask (one region, no holes): islands added outside and a
+    cavity punched inside are undone exactly; another class inside is left alone."""
+    from napari_vmunet.engine.postprocess import keep_largest
+
+    reference = (read_image(DATA / "robex_brainmask_3mm.nii.gz").data > 0).astype(np.uint8)
+    assert keep_largest(reference.copy(), 1) == 0
+    damaged = reference.copy()
+    damaged[0:2, 0:2, 0:2] = 1  # an island in a corner, far from the brain
+    centre = tuple(np.argwhere(reference).mean(0).astype(int))
+    z, y, x = centre
+    damaged[z - 2:z + 2, y - 2:y + 2, x - 2:x + 2] = 0  # a cavity inside
+    assert keep_largest(damaged, 1) == 8 + 64
+    assert np.array_equal(damaged, reference)
+    two = reference.copy()
+    two[z - 1:z + 1, y - 1:y + 1, x - 1:x + 1] = 2
+    keep_largest(two, 3)
+    assert (two == 2).sum() == 8 and np.array_equal(two > 0, reference > 0)
+
+
+def test_recipes_that_keep_the_largest_region_say_what_changed(head):
+    model = CountingModel()
+    done = Segmenter(model, RECIPES["t1-brain"], device="cpu").segment(
+        head.data, axis=2, spacing=(3.0, 3.0, 3.0))
+    regions = ndimage.label(done.labels)[1]
+    assert regions == 1
+    assert any("kept the largest region" in note for note in done.notes)

@@ -257,3 +257,26 @@ def test_out_of_memory_halves_the_training_batch(head, monkeypatch):
     # 3 training slices -> batches of 3, which "do not fit"; halved to 1, training goes on
     assert "out of GPU memory: continuing with batches of 1" in notices
     assert events[-1].steps_run == 3
+
+
+def test_training_slices_are_resampled_exactly_as_segmentation_does(head):
+    """A recipe with a pixel size: training sees each slice as the Segmenter will show it to
+    the model (same resampling, same padding), and the labels follow the image."""
+    from napari_vmunet.engine.preprocess import Resize, intensity_map, normalise
+    from napari_vmunet.engine.training import prepare_slices
+
+    image, mask = head
+    recipe = RECIPES["t1-brain"]
+    k = image.shape[2] // 2
+    data = prepare_slices(image, mask, [k], 2, recipe, 32, torch.device("cpu"),
+                          pixel_spacing=(3.0, 3.0))
+    h, w = image.shape[:2]
+    assert data.sizes == [(3 * h, 3 * w)]
+    mapping, _ = intensity_map(image, recipe)
+    resize = Resize.plan((h, w), recipe, 32, (3.0, 3.0))
+    raw = torch.from_numpy(image[None, None, :, :, k].astype(np.float32))
+    expected = resize.to_model(normalise(raw, mapping, recipe))
+    assert data.images.shape[-2:] == expected.shape[-2:]
+    assert torch.allclose(data.images[:, :1], expected, atol=1e-6)
+    brain = data.labels[0, : 3 * h, : 3 * w].float().mean().item()
+    assert abs(brain - (mask[:, :, k] > 0).mean()) < 0.01

@@ -104,7 +104,8 @@ def _segment(args: argparse.Namespace) -> int:
                 geometry = image.geometry
                 axis = geometry.axial_axis() if args.axis is None else args.axis
                 events = segmenter.run(image.data, axis=axis, channel_axis=geometry.channel_axis,
-                                       probabilities=probs_path is not None)
+                                       probabilities=probs_path is not None,
+                                       spacing=geometry.spacing_mm())
                 with tqdm(desc=source.name, unit="slice", disable=not rank.is_main or args.quiet,
                           leave=False) as bar:
                     for event in events:
@@ -160,7 +161,8 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"sample  {image_path.name} {image.data.shape}, voxels "
           f"{' x '.join(f'{s:g}' for s in image.geometry.spacing)} mm")
     segmenter = Segmenter(model, device=args.device)
-    done = segmenter.segment(image.data, axis=image.geometry.axial_axis())
+    done = segmenter.segment(image.data, axis=image.geometry.axial_axis(),
+                             spacing=image.geometry.spacing_mm())
     brain = done.labels > 0
     overlap = dice(brain, reference.data)
     out_dir = Path(args.out_dir)

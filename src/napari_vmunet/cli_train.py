@@ -69,7 +69,7 @@ def finetune(args: argparse.Namespace) -> int:
     tuner = FineTuner(model, image.data, labels.data.astype(int, copy=False), slices=slices,
                       axis=axis, recipe=get_recipe(args.recipe) if args.recipe else None,
                       settings=_settings(args), device=args.device,
-                      extend_classes=args.extend_classes)
+                      extend_classes=args.extend_classes, spacing=image.geometry.spacing_mm())
     print(f"fine-tuning on {len(tuner.slices)} slice(s) along axis {tuner.axis}: "
           f"{', '.join(map(str, tuner.slices[:20]))}{' ...' if len(tuner.slices) > 20 else ''}")
     done = None
@@ -136,6 +136,8 @@ def train(args: argparse.Namespace) -> int:
                                  "image_size": args.size})
         model = VMUNet(config)
         recipe = get_recipe(args.recipe or "mri")
+        if recipe.class_names and len(recipe.class_names) == config.num_classes:
+            model.class_names = list(recipe.class_names)
         if args.init_vmamba:
             counts = init_from_vmamba(model, args.init_vmamba)
             if rank.is_main:
@@ -152,7 +154,7 @@ def train(args: argparse.Namespace) -> int:
             raise ValueError(f"{labels_path} has shape {labels.data.shape} but {image_path} "
                              f"has {image.data.shape}")
         sets.append(volume_slices(image.data, labels.data.astype(int, copy=False), axes, recipe,
-                                  multiple, device, size))
+                                  multiple, device, size, image.geometry.spacing_mm()))
     data = SliceSet.concat(sets)
     if int(data.labels.max()) >= max(2, model.config.num_classes):
         raise ValueError(f"labels use values up to {int(data.labels.max())} but the model has "

@@ -38,9 +38,16 @@ class Recipe:
     input_size:
         slices are resized to ``input_size`` x ``input_size`` (the training size), or, when None,
         run at native resolution, padded to the model's multiple of 32.
+    pixel_size:
+        at native resolution, slices are first resampled so that one pixel is ``pixel_size``
+        (in the image's units, mm) on each side, as in training; None runs the pixels as they
+        are. Images whose voxel size is unknown run as they are (with a notice).
     labels_at_input_size:
         True: argmax/threshold at the model's size, then nearest-neighbour back (the authors'
         Synapse test); False: probabilities are resized back, then thresholded (smoother edges).
+    keep_largest:
+        after the whole image is done, keep only the largest connected region of each class
+        (3D in a volume) and fill the holes inside it: one brain, no islands in the neck.
     """
 
     name: str
@@ -52,8 +59,10 @@ class Recipe:
     color: Literal["gray", "rgb"] = "gray"
     input_size: int | None = None
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    pixel_size: float | None = None
     labels_at_input_size: bool = False
     threshold: float = 0.5
+    keep_largest: bool = False
     class_names: tuple[str, ...] | None = field(default=None)
 
     def __post_init__(self):
@@ -63,6 +72,8 @@ class Recipe:
             raise ValueError("a 'window' recipe needs window=(level, width) with width > 0")
         if self.input_size is not None and self.input_size < 1:
             raise ValueError("input_size must be positive or None (native resolution)")
+        if self.pixel_size is not None and not self.pixel_size > 0:
+            raise ValueError(f"pixel_size must be positive or None, got {self.pixel_size}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
         for name in ("value_range", "window", "percentiles", "class_names"):
@@ -109,6 +120,11 @@ RECIPES: dict[str, Recipe] = {
     "mri": Recipe(
         "mri", "MRI: the volume's 0.5-99.5 percentiles -> [0, 1], native resolution",
         intensity="percentile",
+    ),
+    "t1-brain": Recipe(
+        "t1-brain", "T1 brain extraction: the volume's 0.5-99.5 percentiles -> [0, 1], slices "
+        "resampled to 1 mm pixels, the largest region kept and its holes filled",
+        intensity="percentile", pixel_size=1.0, keep_largest=True, class_names=("brain",),
     ),
     "ct": Recipe(
         "ct", "CT: abdomen window (40/400 HU) -> [0, 1], native resolution",

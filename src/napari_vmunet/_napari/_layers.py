@@ -52,3 +52,20 @@ def geometry_of_layer(meta: dict, shape: tuple[int, ...]) -> Geometry:
     for i in range(min(n, 3)):
         affine[i, i], affine[i, 3] = scale[i], translate[i]
     return Geometry(affine, tuple(scale), tuple(range(n)))
+
+
+def layer_spacing_mm(layer) -> tuple[float, ...] | None:
+    """The voxel size of a layer's spatial axes in millimetres: from the source file when the
+    layer came from one, else from napari's scale and units; None when its units are pixels
+    (napari's default) or not lengths."""
+    stored = layer.metadata.get(GEOMETRY_KEY)
+    if isinstance(stored, Geometry):
+        return stored.spacing_mm()
+    units = getattr(layer, "units", None)
+    if not units:
+        return None
+    try:
+        factors = [float((1 * unit).to("mm").magnitude) for unit in units]
+    except Exception:  # pint's DimensionalityError for pixels: no physical size known
+        return None
+    return tuple(float(s) * f for s, f in zip(layer.scale, factors, strict=True))

@@ -27,7 +27,7 @@ from qtpy.QtWidgets import QFileDialog
 from ..bundled import default_checkpoint
 from ..io import Geometry
 from ..recipes import CT_WINDOWS, RECIPES
-from ._layers import GEOMETRY_KEY
+from ._layers import GEOMETRY_KEY, layer_spacing_mm
 
 BUNDLED = "bundled: T1 brain extraction"
 OPEN = "Open checkpoint…"
@@ -188,7 +188,8 @@ class SegmentWidget(Container):
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = "segmenting…"
         self.worker = create_worker(segmenter.run, data, axis=axis, rgb=rgb, _ignore_errors=True,
-                                    probabilities=self.probabilities.value)
+                                    probabilities=self.probabilities.value,
+                                    spacing=layer_spacing_mm(layer))
         self.worker.yielded.connect(self._on_event)
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
@@ -230,6 +231,10 @@ class SegmentWidget(Container):
         elif isinstance(event, Notice):
             show_info(f"VM-UNet: {event.message}")
         elif isinstance(event, SegmentationDone):
+            # The finished result can differ from the streamed slices: recipes may clean up
+            # the whole volume at the end (keep the largest region).
+            self._output.data[...] = event.labels
+            self._output.refresh()
             self.status.value = f"done in {event.seconds:.1f} s"
             if event.probabilities is not None:
                 self.viewer.add_image(event.probabilities,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +26,8 @@ import torch
 
 from ..recipes import Recipe, recipe_for
 from .device import resolve_device
-from .preprocess import IntensityMap, Resize, intensity_map, normalise
+from .postprocess import keep_largest
+from .preprocess import IntensityMap, Resize, in_plane_spacing, intensity_map, normalise
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -118,6 +119,7 @@ class Segmenter:
         rgb: bool | None = None,
         probabilities: bool = False,
         labels_out: np.ndarray | None = None,
+        spacing: Sequence[float] | None = None,
     ) -> Iterator:
         """Yield events while segmenting ``image``.
 
@@ -168,7 +170,13 @@ class Segmenter:
             probs = np.zeros(spatial_shape + extra, dtype=np.float32)
             probs_view = _labels_view(probs, layout)
 
-        resize = Resize.plan((h, w), self.recipe, self.model.config.size_multiple)
+        slice_position = (None if layout.slice_axis is None
+                          else layout.spatial_axes.index(layout.slice_axis))
+        pixel_spacing = in_plane_spacing(spacing, slice_position, len(layout.spatial_axes))
+        if self.recipe.pixel_size and self.recipe.input_size is None and pixel_spacing is None:
+            notes.append(f"the voxel size is unknown: segmenting the pixels as they are (this "
+                         f"model expects {self.recipe.pixel_size:g} mm pixels)")
+        resize = Resize.plan((h, w), self.recipe, self.model.config.size_multiple, pixel_spacing)
         batch = self.batch_size or _auto_batch_size(self.model, self.device, resize.size)
         yield SegmentationStarted(n, batch, str(self.device),
                                   self.model.scan_backend_for(self.device), self.recipe)
@@ -206,6 +214,13 @@ class Segmenter:
                        "low end before segmenting")
             notes.append(message)
             yield Notice(message)
+        if self.recipe.keep_largest:
+            changed = keep_largest(labels, self.num_classes)
+            if changed:
+                message = (f"kept the largest region of each class and filled its holes "
+                           f"({changed} voxels changed)")
+                notes.append(message)
+                yield Notice(message)
         yield SegmentationDone(labels, probs, time.perf_counter() - start_time, notes)
 
     # -- one batch ---------------------------------------------------------------------------

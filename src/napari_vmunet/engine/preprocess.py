@@ -8,6 +8,7 @@ data in full.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,22 +68,30 @@ def normalise(x: torch.Tensor, mapping: IntensityMap, recipe: Recipe) -> torch.T
 
 @dataclass(frozen=True)
 class Resize:
-    """How a batch of (h, w) slices becomes model-sized, and back."""
+    """How a batch of (h, w) slices becomes model-sized, and back: resized to the recipe's
+    input size, or resampled to its pixel size (``scaled``) and/or padded to the model's
+    multiple (``pad``, bottom/right)."""
 
     size: tuple[int, int]  # what the model sees
-    pad: tuple[int, int]  # bottom/right padding (native resolution)
+    pad: tuple[int, int]
     mode: str
+    scaled: tuple[int, int] | None = None  # the slice resampled to the recipe's pixel size
 
     @classmethod
-    def plan(cls, shape: tuple[int, int], recipe: Recipe, multiple: int) -> Resize:
-        h, w = shape
+    def plan(cls, shape: tuple[int, int], recipe: Recipe, multiple: int,
+             pixel_spacing: tuple[float, float] | None = None) -> Resize:
+        """``pixel_spacing``: the slices' (row, column) voxel size, when known."""
         if recipe.input_size is not None:
             side = math.ceil(recipe.input_size / multiple) * multiple
             return cls((side, side), (0, 0), recipe.interpolation)
+        scaled = resampled_shape(shape, pixel_spacing, recipe.pixel_size)
+        h, w = scaled or shape
         ph, pw = (-h) % multiple, (-w) % multiple
-        return cls((h + ph, w + pw), (ph, pw), recipe.interpolation)
+        return cls((h + ph, w + pw), (ph, pw), recipe.interpolation, scaled)
 
     def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scaled is not None:
+            x = resample(x, self.scaled, self.mode)
         if self.pad != (0, 0):
             # Replicate the border: zeros would look like an edge the model might segment.
             return F.pad(x, (0, self.pad[1], 0, self.pad[0]), mode="replicate")
@@ -93,12 +102,48 @@ class Resize:
         return F.interpolate(x, size=self.size, mode=self.mode, align_corners=False)
 
     def to_image(self, y: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:
-        """Model-sized maps back to ``shape``: crop the padding, or resize (``mode`` 'nearest'
-        for labels, 'bilinear' for probabilities)."""
+        """Model-sized maps back to ``shape``: crop the padding, undo the resampling, or
+        resize (``mode`` 'nearest' for labels, 'bilinear' for probabilities)."""
         if self.pad != (0, 0):
-            return y[..., : shape[0], : shape[1]]
+            y = y[..., : self.size[0] - self.pad[0], : self.size[1] - self.pad[1]]
         if tuple(y.shape[-2:]) == tuple(shape):
             return y
         if mode == "nearest":
             return F.interpolate(y, size=shape, mode="nearest-exact")
         return F.interpolate(y, size=shape, mode="bilinear", align_corners=False)
+
+
+def in_plane_spacing(spacing: Sequence[float] | None, slice_position: int | None,
+                     spatial_dims: int) -> tuple[float, float] | None:
+    """The (row, column) voxel size of the slices, from the voxel size of every spatial axis
+    and the position of the slicing axis among them (None: a 2D image)."""
+    if spacing is None:
+        return None
+    if len(spacing) != spatial_dims:
+        raise ValueError(f"voxel size {tuple(spacing)} has {len(spacing)} values for "
+                         f"{spatial_dims} spatial axes")
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"voxel sizes must be positive, got {tuple(spacing)}")
+    rest = [float(s) for i, s in enumerate(spacing) if i != slice_position]
+    return rest[0], rest[1]
+
+
+def resampled_shape(shape: tuple[int, int], pixel_spacing: tuple[float, float] | None,
+                    pixel_size: float | None) -> tuple[int, int] | None:
+    """The (h, w) of a slice resampled from ``pixel_spacing`` to square ``pixel_size`` pixels;
+    None when nothing is to be done (no target, unknown spacing, or already within 2 %)."""
+    if pixel_size is None or pixel_spacing is None:
+        return None
+    factors = [s / pixel_size for s in pixel_spacing]
+    if all(abs(f - 1) < 0.02 for f in factors):
+        return None
+    return tuple(max(1, round(n * f)) for n, f in zip(shape, factors, strict=True))
+
+
+def resample(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """(n, c, h, w) images to ``size``; shrinking is antialiased so that fine detail does not
+    alias into stripes (training and inference both come through here)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrinking = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=shrinking)

@@ -30,7 +30,14 @@ from ..recipes import Recipe, recipe_for
 from .augment import augment
 from .device import resolve_device
 from .inference import Notice  # one event type for "tell the user", segmenting or training
-from .preprocess import IntensityMap, intensity_map, normalise
+from .preprocess import (
+    IntensityMap,
+    in_plane_spacing,
+    intensity_map,
+    normalise,
+    resample,
+    resampled_shape,
+)
 
 
 @dataclass(frozen=True)
@@ -124,11 +131,14 @@ class SliceSet:
 
 def prepare_slices(volume: np.ndarray, labels: np.ndarray, indices: Sequence[int] | None,
                    axis: int | None, recipe: Recipe, multiple: int, device: torch.device,
-                   size: int | None = None, mapping: IntensityMap | None = None) -> SliceSet:
+                   size: int | None = None, mapping: IntensityMap | None = None,
+                   pixel_spacing: tuple[float, float] | None = None) -> SliceSet:
     """Cut 2D slices out of a volume (or take a 2D image) and bring them to the model's grid.
 
     ``size``: a common square side for slices of different volumes (padded, or shrunk to fit
     first); otherwise the recipe's input size, or the slice padded to ``multiple``.
+    ``pixel_spacing``: the slices' (row, column) voxel size; with a recipe that has a pixel
+    size, slices are resampled to it first, exactly as :class:`Segmenter` will.
     """
     volume, labels = np.asarray(volume), np.asarray(labels)
     if volume.shape[: labels.ndim] != labels.shape:
@@ -148,6 +158,11 @@ def prepare_slices(volume: np.ndarray, labels: np.ndarray, indices: Sequence[int
         x = x[:, :3]
     y = torch.from_numpy(np.ascontiguousarray(labels_np).astype(np.int64)).to(device)
     x = normalise(x, mapping, recipe)
+    if recipe.input_size is None:
+        scaled = resampled_shape(tuple(x.shape[-2:]), pixel_spacing, recipe.pixel_size)
+        if scaled is not None:
+            x = resample(x, scaled, recipe.interpolation)
+            y = F.interpolate(y[:, None].float(), size=scaled, mode="nearest-exact")[:, 0].long()
     h, w = x.shape[-2:]
     sizes = [(h, w)] * x.shape[0]
     if size is None and recipe.input_size is not None:
@@ -169,15 +184,19 @@ def prepare_slices(volume: np.ndarray, labels: np.ndarray, indices: Sequence[int
 
 
 def volume_slices(image: np.ndarray, labels: np.ndarray, axes: Sequence[int], recipe: Recipe,
-                  multiple: int, device: torch.device, size: int) -> SliceSet:
+                  multiple: int, device: torch.device, size: int,
+                  spacing: Sequence[float] | None = None) -> SliceSet:
     """Every slice of a labelled volume along each of ``axes`` (a 2D image: itself), brought to
-    a common ``size`` x ``size`` so that slices of different volumes and axes batch together."""
+    a common ``size`` x ``size`` so that slices of different volumes and axes batch together.
+    ``spacing``: the voxel size along each axis of ``labels`` (for recipes with a pixel size)."""
     if labels.ndim == 2:
-        return prepare_slices(image, labels, None, None, recipe, multiple, device, size)
+        return prepare_slices(image, labels, None, None, recipe, multiple, device, size,
+                              pixel_spacing=in_plane_spacing(spacing, None, 2))
     mapping, _ = intensity_map(image, recipe)  # one volume, one mapping, whatever the axis
     sets = [prepare_slices(image, labels, range(labels.shape[a]), a, recipe, multiple, device,
-                           size, mapping) for a in axes]
+                           size, mapping, in_plane_spacing(spacing, a, 3)) for a in axes]
     return SliceSet.concat(sets)
+
 
 
 # -- losses and metrics ----------------------------------------------------------------------
@@ -393,13 +412,15 @@ class FineTuner:
     label). With three or more, about a fifth (at least one) are held out for validation;
     with fewer, training slices are also the validation slices (and a notice says so).
     Labels beyond the model's classes are refused unless ``extend_classes`` (the head grows;
-    the existing classes keep their weights).
+    the existing classes keep their weights). ``spacing``: the voxel size along each axis of
+    ``labels``, for recipes that resample to a pixel size.
     """
 
     def __init__(self, model, image: np.ndarray, labels: np.ndarray,
                  slices: Sequence[int] | None = None, axis: int | None = 0,
                  recipe: Recipe | None = None, settings: TrainingSettings | None = None,
-                 device="auto", extend_classes: bool = False):
+                 device="auto", extend_classes: bool = False,
+                 spacing: Sequence[float] | None = None):
         self.settings = settings or TrainingSettings()
         self.device = resolve_device(device)
         image, labels = np.asarray(image), np.asarray(labels)
@@ -411,6 +432,7 @@ class FineTuner:
         self.recipe = recipe
         self.slices, self.axis = _check_inputs(image, labels, slices, axis)
         self._image, self._labels = image, labels  # references; slices are copied in run()
+        self._pixel_spacing = in_plane_spacing(spacing, self.axis, labels.ndim)
         classes_needed = int(labels.max()) + 1 if labels.size else 1
         allowed = max(2, model.config.num_classes)
         if classes_needed > allowed:
@@ -434,7 +456,7 @@ class FineTuner:
                               "training slices (correct 3 or more for an honest validation)")
         multiple = self.model.config.size_multiple
         data = prepare_slices(self._image, self._labels, self.slices, self.axis, self.recipe,
-                              multiple, self.device)
+                              multiple, self.device, pixel_spacing=self._pixel_spacing)
         position = {s: i for i, s in enumerate(self.slices)}
         train = data.subset([position[s] for s in train_idx])
         validation = data.subset([position[s] for s in val_idx])

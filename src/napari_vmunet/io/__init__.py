@@ -29,6 +29,10 @@ class ImageReadError(ValueError):
     """A file that cannot be read as an image; the message says why and what to do."""
 
 
+_MM_PER_UNIT = {"mm": 1.0, "millimeter": 1.0, "cm": 10.0, "m": 1000.0, "meter": 1000.0,
+                "um": 1e-3, "µm": 1e-3, "micron": 1e-3, "nm": 1e-6}
+
+
 @dataclass
 class Geometry:
     """Where an array's voxels are in the world.
@@ -60,6 +64,12 @@ class Geometry:
         """The geometry of an array of this image's spatial shape (channels dropped)."""
         return replace(self, spatial_axes=tuple(range(len(self.spatial_axes))),
                        channel_axis=None)
+
+    def spacing_mm(self) -> tuple[float, ...] | None:
+        """The voxel size in millimetres, or None when the file does not say (pixels, or a
+        unit that is not a length)."""
+        factor = _MM_PER_UNIT.get(self.units)
+        return None if factor is None else tuple(s * factor for s in self.spacing)
 
     def axial_axis(self) -> int:
         """The array axis to slice along by default: the spatial axis closest to the world's
