@@ -52,3 +52,14 @@ def tiny_checkpoint(tmp_path_factory):
     model = perturb(VMUNet(VMUNetConfig(num_classes=1, **TINY)))
     path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
     return save_checkpoint(model, path, recipe=RECIPES["mri"], class_names=["brain"])
+
+
+@pytest.fixture(autouse=True)
+def _private_widget_settings(tmp_path_factory):
+    """The widgets remember recent checkpoints in QSettings: never in the user's own."""
+    try:
+        from qtpy.QtCore import QSettings
+    except Exception:  # no Qt binding: no widget tests either
+        return
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope,
+                      str(tmp_path_factory.mktemp("settings")))

@@ -12,6 +12,9 @@ import numpy as np
 from ..io import Geometry, Image
 
 GEOMETRY_KEY = "napari_vmunet_geometry"
+# On a Labels layer made by the Segment widget: the labels as predicted, before any correction
+# (the Fine-tune widget finds the corrected slices by comparing against it).
+PREDICTION_KEY = "napari_vmunet_prediction"
 
 
 def as_labels(data) -> np.ndarray:
@@ -69,3 +72,14 @@ def layer_spacing_mm(layer) -> tuple[float, ...] | None:
     except Exception:  # pint's DimensionalityError for pixels: no physical size known
         return None
     return tuple(float(s) * f for s, f in zip(layer.scale, factors, strict=True))
+
+
+def viewer_slicing_axis(viewer, layer) -> int:
+    """The data axis of ``layer`` that the viewer is stepping through (the first one not
+    displayed), so that "slice" means what the user sees."""
+    displayed = set(viewer.dims.displayed)
+    offset = viewer.dims.ndim - layer.ndim
+    for world_axis in viewer.dims.not_displayed:
+        if world_axis not in displayed and world_axis - offset >= 0:
+            return world_axis - offset
+    return 0

@@ -2,7 +2,10 @@
 
 Long work (loading a model, segmenting) runs in napari workers; the widget only touches layers
 from the workers' signals, which napari delivers on the GUI thread. Every run writes a new
-Labels layer, so the corrections painted on an earlier result are never overwritten.
+Labels layer, so the corrections painted on an earlier result are never overwritten; the
+prediction is also kept on the layer, for the Fine-tune widget to see what was corrected.
+The model is shared with the Fine-tune widget through the viewer's session; the checkpoints
+opened recently are remembered between napari sessions (QSettings).
 """
 
 from __future__ import annotations
@@ -22,23 +25,51 @@ from magicgui.widgets import (
 )
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QSettings
 from qtpy.QtWidgets import QFileDialog
 
 from ..bundled import default_checkpoint
 from ..io import Geometry
 from ..recipes import CT_WINDOWS, RECIPES
-from ._layers import GEOMETRY_KEY, layer_spacing_mm
+from ._layers import GEOMETRY_KEY, PREDICTION_KEY, layer_spacing_mm, viewer_slicing_axis
+from ._session import CurrentModel, session_for
 
 BUNDLED = "bundled: T1 brain extraction"
 OPEN = "Open checkpoint…"
 CHECKPOINT_RECIPE = "the checkpoint's own"
 NO_WINDOW = "recipe's window"
+RECENT_KEY = "segment/recent_checkpoints"
+LAST_KEY = "segment/last_checkpoint"
+MAX_RECENT = 5
 
 
-def _devices() -> list[str]:
+def device_choices() -> list[str]:
     from ..engine.device import available_devices
 
     return ["auto", *available_devices()]
+
+
+def chosen_recipe(model, recipe_name: str, window_name: str):
+    """The recipe picked in a widget: the checkpoint's own (or its guess) or a named one, on
+    another CT window if one is picked."""
+    from ..recipes import recipe_for
+
+    recipe = recipe_for(model)[0] if recipe_name == CHECKPOINT_RECIPE else RECIPES[recipe_name]
+    if window_name != NO_WINDOW:
+        recipe = recipe.with_window(*CT_WINDOWS[window_name])
+    return recipe
+
+
+def settings() -> QSettings:
+    """Where the widgets remember things between sessions (an INI file in the user's config
+    folder; tests point QSettings elsewhere)."""
+    return QSettings(QSettings.IniFormat, QSettings.UserScope, "napari-vmunet", "widgets")
+
+
+def recent_checkpoints() -> list[str]:
+    value = settings().value(RECENT_KEY, []) or []
+    recent = [value] if isinstance(value, str) else list(value)
+    return [p for p in recent if Path(p).is_file()]
 
 
 class SegmentWidget(Container):
@@ -48,8 +79,11 @@ class SegmentWidget(Container):
         self.model = None
         self.model_path: Path | None = None
         self.worker = None
+        self.session = session_for(viewer)
         self.model_choice = ComboBox(label="model", choices=[BUNDLED, OPEN], value=BUNDLED,
-                                     tooltip="the bundled model, or a .pth/.safetensors file")
+                                     tooltip="the bundled model, a recent file, or a "
+                                     ".pth/.safetensors file")
+        self._set_model_choices(BUNDLED)
         self.model_card = Label(value="loading…")
         self.image_choice = ComboBox(label="image", choices=self._image_layers,
                                      tooltip="the Image layer to segment")
@@ -61,7 +95,7 @@ class SegmentWidget(Container):
                                       "carry none and get a guess")
         self.window = ComboBox(label="CT window", choices=[NO_WINDOW, *CT_WINDOWS],
                                value=NO_WINDOW)
-        self.device = ComboBox(label="device", choices=_devices(), value="auto")
+        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
         self.batch = SpinBox(label="batch size", min=0, max=256, value=0,
                              tooltip="0: from free memory")
         self.threshold = FloatSpinBox(label="threshold", min=0.01, max=0.99, step=0.05,
@@ -80,9 +114,32 @@ class SegmentWidget(Container):
         self.cancel_button.clicked.connect(self.cancel)
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._refresh_layers)
-        self.load_model(default_checkpoint())
+        self.session.changed.connect(self._show_model)
+        self.native.destroyed.connect(lambda _obj=None: self._disconnect())
+        if self.session.current is not None:  # a second Segment widget on the same viewer
+            self._show_model(self.session.current)
+        else:
+            self.load_model(self._last_checkpoint())
+
+    def _disconnect(self) -> None:
+        """The dock widget is gone: stop listening to the session and the layer list."""
+        self.session.changed.disconnect(self._show_model)
+        self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
+        self.viewer.layers.events.removed.disconnect(self._refresh_layers)
 
     # -- model -----------------------------------------------------------------------------
+
+    def _set_model_choices(self, value: str) -> None:
+        recent = [p for p in recent_checkpoints() if p != str(default_checkpoint())]
+        if value not in (BUNDLED, OPEN) and value not in recent:
+            recent.insert(0, value)
+        with self.model_choice.changed.blocked():
+            self.model_choice.choices = [BUNDLED, *recent, OPEN]
+            self.model_choice.value = value
+
+    def _last_checkpoint(self) -> Path:
+        last = settings().value(LAST_KEY, "")
+        return Path(last) if last and Path(last).is_file() else default_checkpoint()
 
     def _on_model_choice(self, value):
         if value == OPEN:
@@ -92,9 +149,11 @@ class SegmentWidget(Container):
             if path:
                 self.load_model(Path(path))
             else:
-                self.model_choice.value = BUNDLED
+                self._show_choice()
         elif value == BUNDLED:
             self.load_model(default_checkpoint())
+        elif value:
+            self.load_model(Path(value))
 
     def load_model(self, path: Path) -> None:
         """Load in a worker; the current model stays until the new one has loaded."""
@@ -109,13 +168,23 @@ class SegmentWidget(Container):
         self.loader = worker
 
     def _model_loaded(self, model, path: Path) -> None:
-        self.model, self.model_path = model, path
-        if str(path) not in self.model_choice.choices and path != default_checkpoint():
-            with self.model_choice.changed.blocked():
-                self.model_choice.choices = [BUNDLED, str(path), OPEN]
-                self.model_choice.value = str(path)
+        self._remember(path)
+        self.session.set(model, path, path.name)  # -> _show_model, here and in Fine-tune
+
+    def _remember(self, path: Path) -> None:
+        store = settings()
+        bundled = path == default_checkpoint()
+        store.setValue(LAST_KEY, "" if bundled else str(path))
+        if not bundled:
+            recent = [str(path), *(p for p in recent_checkpoints() if p != str(path))]
+            store.setValue(RECENT_KEY, recent[:MAX_RECENT])
+
+    def _show_model(self, current: CurrentModel) -> None:
         from ..recipes import recipe_for
 
+        model = current.model
+        self.model, self.model_path = model, current.path
+        self._show_choice()
         recipe, note = recipe_for(model)
         cfg = model.config
         classes = ", ".join(model.class_names or [f"{cfg.num_classes} classes"])
@@ -124,21 +193,25 @@ class SegmentWidget(Container):
         except (RuntimeError, ValueError) as exc:  # a forced backend that cannot run here
             scan = f"unavailable ({exc})"
         self.model_card.value = (
-            f"{path.name}: {classes}; recipe {recipe.name}{' (guessed)' if note else ''}; "
+            f"{current.title}: {classes}; recipe {recipe.name}{' (guessed)' if note else ''}; "
             f"{model.num_parameters() / 1e6:.1f} M parameters; scan {scan}"
         )
         self.run_button.enabled = True
+
+    def _show_choice(self) -> None:
+        """Point the model choice at the model in use. Unsaved fine-tuned weights have no
+        entry: the choice stays where it was and the model card says what is in use."""
+        if self.model_path is None:
+            return
+        self._set_model_choices(BUNDLED if self.model_path == default_checkpoint()
+                                else str(self.model_path))
 
     def _model_failed(self, exc: Exception) -> None:
         show_error(f"VM-UNet: {exc}")
         self.model_card.value = f"could not load: {exc}"
         self.run_button.enabled = self.model is not None
-        if self.model_path is None:
-            return
-        # Show the model still in use again, without loading it a second time.
-        with self.model_choice.changed.blocked():
-            self.model_choice.value = BUNDLED if self.model_path == default_checkpoint() \
-                else str(self.model_path)
+        if self.model is not None:
+            self._show_choice()  # the model still in use, without loading it a second time
 
     def _device(self) -> str:
         from ..engine.device import resolve_device
@@ -159,16 +232,12 @@ class SegmentWidget(Container):
 
     def start(self) -> None:
         from ..engine import Segmenter
-        from ..recipes import recipe_for
 
         if self.model is None or not self.image_choice.value:
             show_info("VM-UNet: choose a model and an image layer first")
             return
         layer = self.viewer.layers[self.image_choice.value]
-        recipe = (recipe_for(self.model)[0] if self.recipe_choice.value == CHECKPOINT_RECIPE
-                  else RECIPES[self.recipe_choice.value])
-        if self.window.value != NO_WINDOW:
-            recipe = recipe.with_window(*CT_WINDOWS[self.window.value])
+        recipe = chosen_recipe(self.model, self.recipe_choice.value, self.window.value)
         try:
             segmenter = Segmenter(self.model, recipe, device=self.device.value,
                                   batch_size=self.batch.value or None,
@@ -181,7 +250,8 @@ class SegmentWidget(Container):
         spatial = data.ndim - (1 if rgb else 0)
         axis = None
         if spatial == 3:
-            axis = self.axis.value if self.axis.value >= 0 else self._viewer_slicing_axis(layer)
+            axis = self.axis.value if self.axis.value >= 0 else viewer_slicing_axis(self.viewer,
+                                                                                    layer)
         self._output = None
         self._source, self._axis = layer, axis
         self.progress.visible, self.progress.value = True, 0
@@ -194,15 +264,6 @@ class SegmentWidget(Container):
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
         self.worker.start()
-
-    def _viewer_slicing_axis(self, layer) -> int:
-        """The data axis napari is stepping through (the first not displayed)."""
-        displayed = set(self.viewer.dims.displayed)
-        offset = self.viewer.dims.ndim - layer.ndim
-        for world_axis in self.viewer.dims.not_displayed:
-            if world_axis not in displayed and world_axis - offset >= 0:
-                return world_axis - offset
-        return 0
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -259,6 +320,9 @@ class SegmentWidget(Container):
         self.status.value = f"failed: {exc}"
 
     def _on_finished(self) -> None:
+        if self._output is not None:
+            # What the model said, finished or cancelled: corrections are what differs from it.
+            self._output.metadata[PREDICTION_KEY] = np.array(self._output.data, copy=True)
         self.run_button.enabled, self.cancel_button.enabled = True, False
         self.progress.visible = False
         if self.status.value == "cancelling…":

@@ -1,0 +1,428 @@
+"""The Fine-tune dock widget: train the current model on the slices the user corrected.
+
+The corrected slices are found by comparing the labels layer with the prediction the Segment
+widget stored on it (every slice that differs), after each paint stroke; on a layer painted
+from scratch, every slice holding a label counts. The list can be edited (add the current
+slice, e.g. one the model got right; remove one) and each entry is a "go to slice" away.
+
+Training runs in a napari worker on copies (the model is deep-copied, the labels snapshotted),
+so the Segment widget keeps working with the original model and the user may go on painting.
+Stop keeps the best weights so far. The result is only used once the user says so: "Use for
+Segment" hands it to the Segment widget, "Save as…" writes a new file (never the parent),
+"Revert" goes back to the model fine-tuning started from.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    Select,
+    SpinBox,
+)
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QFileDialog
+
+from ..recipes import CT_WINDOWS, RECIPES
+from ._layers import PREDICTION_KEY, layer_spacing_mm, viewer_slicing_axis
+from ._plot import TrainingPlot
+from ._segment_widget import CHECKPOINT_RECIPE, NO_WINDOW, chosen_recipe, device_choices
+from ._session import CurrentModel, session_for
+
+# Paint strokes arrive many times a second; the slice list is recomputed once they pause.
+_REFRESH_DELAY_MS = 250
+_EDIT_EVENTS = ("paint", "set_data", "data")
+
+
+class FineTuneWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (a string for napari)
+        super().__init__()
+        self.viewer = viewer
+        self.session = session_for(viewer)
+        self.worker = None
+        self.tuner = None
+        self.base: CurrentModel | None = None  # what the last run started from
+        self.tuned = None  # its result, until reverted
+        self.result = None  # the last TrainingDone
+        self._labels_layer = None
+        self._added: set[int] = set()
+        self._removed: set[int] = set()
+
+        self.model_card = Label(value="")
+        self.image_choice = ComboBox(label="image", choices=self._layer_names("Image"))
+        self.labels_choice = ComboBox(label="labels", choices=self._layer_names("Labels"),
+                                      tooltip="the corrected labels layer")
+        self.axis = SpinBox(label="slicing axis", min=-1, max=3, value=-1,
+                            tooltip="-1: the axis the viewer is slicing")
+        self.slice_list = Select(label="corrected slices", choices=[],
+                                 tooltip="slices that differ from the prediction; "
+                                 "double-click or 'Go to slice' to look")
+        self.goto_button = PushButton(text="Go to slice")
+        self.add_button = PushButton(text="Add current slice")
+        self.remove_button = PushButton(text="Remove selected")
+        self.recipe_choice = ComboBox(label="recipe", choices=[CHECKPOINT_RECIPE, *RECIPES],
+                                      value=CHECKPOINT_RECIPE)
+        self.window = ComboBox(label="CT window", choices=[NO_WINDOW, *CT_WINDOWS],
+                               value=NO_WINDOW)
+        self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
+        self.learning_rate = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-5,
+                                          value=3e-4)
+        self.batch = SpinBox(label="batch size", min=1, max=256, value=8)
+        self.decoder_only = CheckBox(text="decoder only (keep the encoder as it is)")
+        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
+        self.start_button = PushButton(text="Start")
+        self.stop_button = PushButton(text="Stop", enabled=False,
+                                      tooltip="stop now and keep the best weights so far")
+        self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
+        self.status = Label(value="")
+        self.use_button = PushButton(text="Use for Segment", enabled=False)
+        self.save_button = PushButton(text="Save as…", enabled=False)
+        self.revert_button = PushButton(text="Revert", enabled=False,
+                                        tooltip="back to the model fine-tuning started from")
+        self.extend([self.model_card, self.image_choice, self.labels_choice, self.axis,
+                     self.slice_list, self.goto_button, self.add_button, self.remove_button,
+                     self.recipe_choice, self.window, self.steps, self.learning_rate,
+                     self.batch, self.decoder_only, self.device, self.start_button,
+                     self.stop_button, self.progress, self.status])
+        self.plot = TrainingPlot()
+        self.native.layout().addWidget(self.plot)
+        results = Container(widgets=[self.use_button, self.save_button, self.revert_button],
+                            layout="horizontal", labels=False)
+        self.native.layout().addWidget(results.native)
+        self._results = results  # keep the magicgui wrapper alive with its Qt widget
+
+        self._refresh_timer = QTimer(self.native)  # dies with the widget
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(_REFRESH_DELAY_MS)
+        self._refresh_timer.timeout.connect(self.refresh_slices)
+        self.labels_choice.changed.connect(self._follow_labels_layer)
+        self.axis.changed.connect(self.refresh_slices)
+        self.goto_button.clicked.connect(self.go_to_selected)
+        self.slice_list.native.itemDoubleClicked.connect(lambda _item: self.go_to_selected())
+        self.add_button.clicked.connect(self.add_current_slice)
+        self.remove_button.clicked.connect(self.remove_selected)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.use_button.clicked.connect(self.use_for_segment)
+        self.save_button.clicked.connect(self._ask_where_to_save)
+        self.revert_button.clicked.connect(self.revert)
+        viewer.layers.events.inserted.connect(self._refresh_layers)
+        viewer.layers.events.removed.connect(self._refresh_layers)
+        self.session.changed.connect(self._show_base)
+        self._show_base(self.session.current)
+        self._follow_labels_layer(self.labels_choice.value)
+        self.native.destroyed.connect(self._disconnect)
+
+    def _disconnect(self, _obj=None) -> None:
+        """The dock widget is gone: stop listening to the layers and the session."""
+        if self._labels_layer is not None:
+            for emitter in _EDIT_EVENTS:
+                getattr(self._labels_layer.events, emitter).disconnect(self._schedule_refresh)
+            self._labels_layer = None
+        self.session.changed.disconnect(self._show_base)
+        self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
+        self.viewer.layers.events.removed.disconnect(self._refresh_layers)
+
+    # -- layers and corrected slices -------------------------------------------------------
+
+    def _layer_names(self, kind: str):
+        def names(_widget=None):
+            return [layer.name for layer in self.viewer.layers
+                    if type(layer).__name__ == kind]
+        return names
+
+    def _layer(self, name):
+        layers = self.viewer.layers
+        return layers[name] if name in layers else None  # noqa: SIM401 (LayerList has no .get)
+
+    def _refresh_layers(self, _event=None):
+        self.image_choice.reset_choices()
+        self.labels_choice.reset_choices()
+
+    def _follow_labels_layer(self, name) -> None:
+        """Listen to the paint strokes of the chosen labels layer (and only that one)."""
+        # paint: a brush/fill stroke; set_data: undo/redo (and redraws); data: a new array.
+        if self._labels_layer is not None:
+            for emitter in _EDIT_EVENTS:
+                getattr(self._labels_layer.events, emitter).disconnect(self._schedule_refresh)
+        self._labels_layer = self._layer(name)
+        self._added.clear()
+        self._removed.clear()
+        if self._labels_layer is not None:
+            for emitter in _EDIT_EVENTS:
+                getattr(self._labels_layer.events, emitter).connect(self._schedule_refresh)
+        self.refresh_slices()
+
+    def _schedule_refresh(self, _event=None) -> None:
+        self._refresh_timer.start()
+
+    def slicing_axis(self) -> int | None:
+        layer = self._labels_layer
+        if layer is None or layer.ndim == 2:
+            return None
+        return self.axis.value if self.axis.value >= 0 else viewer_slicing_axis(self.viewer,
+                                                                                layer)
+
+    def corrected_slices(self) -> list[int]:
+        """Slices that differ from the stored prediction (or hold labels when there is none),
+        plus those added by hand, minus those removed."""
+        layer = self._labels_layer
+        if layer is None:
+            return []
+        data = np.asarray(layer.data)
+        if data.ndim == 2:
+            return [0] if data.any() else []
+        axis = self.slicing_axis()
+        moved = np.moveaxis(data, axis, 0)
+        prediction = layer.metadata.get(PREDICTION_KEY)
+        if isinstance(prediction, np.ndarray) and prediction.shape == data.shape:
+            changed = (moved != np.moveaxis(prediction, axis, 0)).any(axis=(1, 2))
+        else:
+            changed = moved.any(axis=(1, 2))
+        found = {int(i) for i in np.flatnonzero(changed)}
+        n = moved.shape[0]
+        return sorted(((found | self._added) - self._removed) & set(range(n)))
+
+    def refresh_slices(self, _event=None) -> None:
+        slices = self.corrected_slices()
+        selected = [s for s in self.slice_list.value if s in slices]
+        self.slice_list.choices = [(f"slice {s}", s) for s in slices]
+        self.slice_list.value = selected
+        if self._labels_layer is None:
+            self.status.value = "choose the labels layer you corrected"
+        elif not self.worker:
+            self.status.value = (f"{len(slices)} corrected slice(s)" if slices else
+                                 "paint corrections on a few slices (3 or more is best)")
+
+    def _current_slice(self) -> int | None:
+        axis = self.slicing_axis()
+        if axis is None:
+            return None
+        offset = self.viewer.dims.ndim - self._labels_layer.ndim
+        world = self.viewer.dims.current_step[axis + offset]
+        return int(np.clip(world, 0, self._labels_layer.data.shape[axis] - 1))
+
+    def add_current_slice(self) -> None:
+        current = self._current_slice()
+        if current is not None:
+            self._removed.discard(current)
+            self._added.add(current)
+            self.refresh_slices()
+
+    def remove_selected(self) -> None:
+        for s in self.slice_list.value:
+            self._added.discard(s)
+            self._removed.add(s)
+        self.refresh_slices()
+
+    def go_to_selected(self) -> None:
+        axis = self.slicing_axis()
+        if axis is None or not self.slice_list.value:
+            return
+        offset = self.viewer.dims.ndim - self._labels_layer.ndim
+        self.viewer.dims.set_current_step(axis + offset, self.slice_list.value[0])
+
+    # -- the model -------------------------------------------------------------------------
+
+    def _show_base(self, current: CurrentModel | None) -> None:
+        self.model_card.value = (f"starts from: {current.title}" if current is not None else
+                                 "starts from: the bundled model")
+
+    def _base(self) -> CurrentModel:
+        """The Segment widget's current model, or the bundled one when none is open."""
+        if self.session.current is not None:
+            return self.session.current
+        from ..bundled import default_checkpoint
+        from ..checkpoint import load_checkpoint
+
+        path = default_checkpoint()
+        return CurrentModel(load_checkpoint(path), path, path.name)
+
+    # -- training --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from ..engine.training import TrainingSettings
+
+        image_layer = self._layer(self.image_choice.value)
+        if image_layer is None or self._labels_layer is None:
+            show_info("VM-UNet: choose the image and its corrected labels layer first")
+            return
+        slices = self.corrected_slices()
+        if not slices:
+            show_info("VM-UNet: no corrected slices yet: paint on a few slices of the labels "
+                      "layer, or add the current slice")
+            return
+        try:
+            settings = TrainingSettings(
+                steps=self.steps.value, learning_rate=self.learning_rate.value,
+                batch_size=self.batch.value, decoder_only=self.decoder_only.value,
+                validate_every=max(1, min(20, self.steps.value // 10)))
+        except ValueError as exc:
+            show_error(f"VM-UNet: {exc}")
+            return
+        image = np.asarray(image_layer.data)
+        labels = np.array(self._labels_layer.data, copy=True)  # painting may go on meanwhile
+        axis = self.slicing_axis()
+        spacing = layer_spacing_mm(image_layer)
+        recipe_name, window, device = (self.recipe_choice.value, self.window.value,
+                                       self.device.value)
+        names = (image_layer.name, self._labels_layer.name)
+
+        def work():
+            from ..engine.training import FineTuner
+
+            base = self._base()
+            # A copy: the Segment widget keeps using the original until "Use for Segment".
+            model = copy.deepcopy(base.model)
+            recipe = chosen_recipe(model, recipe_name, window)
+            tuner = FineTuner(model, image, labels.astype(np.int64, copy=False), slices,
+                              axis, recipe, settings, device, spacing=spacing)
+            yield base, tuner
+            yield from tuner.run()
+
+        self.tuner, self.result, self._names = None, None, names
+        self.plot.reset(settings.steps)
+        self.progress.max, self.progress.value, self.progress.visible = settings.steps, 0, True
+        self.start_button.enabled, self.stop_button.enabled = False, True
+        for button in (self.use_button, self.save_button, self.revert_button):
+            button.enabled = False
+        self.status.value = f"preparing {len(slices)} slice(s)…"
+        self.worker = create_worker(work, _ignore_errors=True)
+        self.worker.yielded.connect(self._on_event)
+        self.worker.errored.connect(self._on_error)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.start()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+            self.status.value = "stopping… (the best weights so far are kept)"
+
+    def _on_event(self, event) -> None:
+        from ..engine.training import (
+            Notice,
+            TrainingDone,
+            TrainingStarted,
+            TrainingStep,
+            ValidationResult,
+        )
+
+        if isinstance(event, tuple):
+            self.base, self.tuner = event
+        elif isinstance(event, TrainingStarted):
+            self._started = event
+            self.status.value = (f"{event.train_slices} training / {event.validation_slices} "
+                                 f"validation slices on {event.device}")
+        elif isinstance(event, TrainingStep):
+            self.plot.add_loss(event.step, event.loss)
+            self.progress.value = event.step
+            best = self.tuner.trainer.best_dice if self.tuner and self.tuner.trainer else None
+            self.status.value = (
+                f"step {event.step}/{self.steps.value} · loss {event.loss:.3f}"
+                + (f" · best Dice {best:.3f}" if best and best > 0 else "")
+                + f" · {event.eta_seconds:.0f} s left")
+        elif isinstance(event, ValidationResult):
+            self.plot.add_dice(event.step, event.mean_dice)
+        elif isinstance(event, Notice):
+            show_info(f"VM-UNet: {event.message}")
+        elif isinstance(event, TrainingDone):
+            self.result = event
+
+    def _on_error(self, exc: Exception) -> None:
+        show_error(f"VM-UNet: {exc}")
+        self.status.value = f"failed: {exc}"
+        self.tuner = None
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.start_button.enabled, self.stop_button.enabled = True, False
+        self.progress.visible = False
+        tuner = self.tuner
+        if tuner is None or tuner.trainer is None or tuner.trainer.step == 0:
+            if not self.status.value.startswith("failed"):
+                self.status.value = "stopped before the first step: nothing to keep"
+            return
+        tuner.restore_best()
+        trainer = tuner.trainer
+        self.tuned = tuner.model
+        how = self.result.stop_reason if self.result is not None else "stopped"
+        self.status.value = (f"best validation Dice {trainer.best_dice:.3f} at step "
+                             f"{trainer.best_step} of {trainer.step} ({how}); kept")
+        for button in (self.use_button, self.save_button, self.revert_button):
+            button.enabled = True
+
+    # -- the result ------------------------------------------------------------------------
+
+    def _tuned_title(self) -> str:
+        return f"{self.base.title} fine-tuned on {self._names[1]} (unsaved)"
+
+    def use_for_segment(self) -> None:
+        if self.tuned is not None:
+            self.session.set(self.tuned, None, self._tuned_title())
+            show_info("VM-UNet: the Segment widget now uses the fine-tuned model")
+
+    def revert(self) -> None:
+        if self.tuned is None:
+            return
+        current = self.session.current
+        if current is not None and current.model is self.tuned:
+            self.session.set(self.base.model, self.base.path, self.base.title)
+        self.tuned = None
+        for button in (self.use_button, self.save_button, self.revert_button):
+            button.enabled = False
+        self.status.value = f"reverted: back to {self.base.title}"
+
+    def _ask_where_to_save(self) -> None:
+        start = str(Path.home() / f"{Path(self.base.title).stem}-fine-tuned.safetensors")
+        path, _ = QFileDialog.getSaveFileName(self.native, "Save the fine-tuned model", start,
+                                              "VM-UNet checkpoints (*.safetensors)")
+        if path:
+            self.save_as(Path(path))
+
+    def save_as(self, path: Path) -> None:
+        """Write the fine-tuned model to ``path`` (a new .safetensors file, atomically; the
+        dialog has already asked before replacing another file). Never over the parent."""
+        from ..checkpoint import save_checkpoint
+
+        if self.tuned is None or self.tuner is None:
+            return
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        parent = self.base.path
+        if parent is not None and path.exists() and path.resolve() == Path(parent).resolve():
+            show_error(f"VM-UNet: {path.name} is the model fine-tuning started from; "
+                       "choose another name (the original is kept)")
+            return
+        provenance = {"image": self._names[0], "labels": self._names[1],
+                      **self.tuner.provenance(),
+                      "stop_reason": self.result.stop_reason if self.result else "stopped"}
+        model, recipe = self.tuned, self.tuner.recipe
+
+        def save():
+            return save_checkpoint(model, path, recipe=recipe, provenance=provenance,
+                                   overwrite=True)
+
+        worker = create_worker(save, _ignore_errors=True)
+        worker.returned.connect(self._saved)
+        worker.errored.connect(lambda exc: show_error(f"VM-UNet: could not save: {exc}"))
+        worker.start()
+        self._saver = worker
+
+    def _saved(self, path: Path) -> None:
+        self.status.value = f"saved {path}"
+        current = self.session.current
+        if current is not None and current.model is self.tuned:
+            self.session.set(self.tuned, path, path.name)
+        show_info(f"VM-UNet: saved {path}")
