@@ -2,8 +2,8 @@
 sample head with the bundled model, cancels, and survives a bad checkpoint."""
 
 import numpy as np
-from scipy import ndimage
 import pytest
+from scipy import ndimage
 
 from napari_vmunet.bundled import load_sample
 

@@ -123,6 +123,15 @@ class FineTuneWidget(Container):
         self._show_base(self.session.current)
         self._follow_labels_layer(self.labels_choice.value)
         self.native.destroyed.connect(self._disconnect)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Load torch's optimizer machinery and the CPU kernels now, while the user is still
+        painting, so that Start does not freeze the window for a moment (benchmarks/gui.py)."""
+        from ..engine.warmup import warm_up
+
+        self._warmer = create_worker(warm_up, training=True, _ignore_errors=True)
+        self._warmer.start()
 
     def _disconnect(self, _obj=None) -> None:
         """The dock widget is gone: stop listening to the layers and the session."""

@@ -10,6 +10,7 @@ opened recently are remembered between napari sessions (QSettings).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ NO_WINDOW = "recipe's window"
 RECENT_KEY = "segment/recent_checkpoints"
 LAST_KEY = "segment/last_checkpoint"
 MAX_RECENT = 5
+_REDRAW_INTERVAL_S = 0.3
 
 
 def device_choices() -> list[str]:
@@ -58,6 +60,16 @@ def chosen_recipe(model, recipe_name: str, window_name: str):
     if window_name != NO_WINDOW:
         recipe = recipe.with_window(*CT_WINDOWS[window_name])
     return recipe
+
+
+def _load_and_warm_up(path: Path):
+    """Worker: the checkpoint, and the kernels its first Segment needs (engine/warmup.py)."""
+    from ..checkpoint import load_checkpoint
+    from ..engine.warmup import warm_up
+
+    model = load_checkpoint(path)
+    warm_up()
+    return model
 
 
 def settings() -> QSettings:
@@ -157,11 +169,9 @@ class SegmentWidget(Container):
 
     def load_model(self, path: Path) -> None:
         """Load in a worker; the current model stays until the new one has loaded."""
-        from ..checkpoint import load_checkpoint
-
         self.model_card.value = f"loading {Path(path).name}…"
         self.run_button.enabled = False
-        worker = create_worker(load_checkpoint, path, _ignore_errors=True)
+        worker = create_worker(_load_and_warm_up, path, _ignore_errors=True)
         worker.returned.connect(lambda model: self._model_loaded(model, Path(path)))
         worker.errored.connect(self._model_failed)
         worker.start()
@@ -252,7 +262,7 @@ class SegmentWidget(Container):
         if spatial == 3:
             axis = self.axis.value if self.axis.value >= 0 else viewer_slicing_axis(self.viewer,
                                                                                     layer)
-        self._output = None
+        self._output, self._last_redraw = None, 0.0
         self._source, self._axis = layer, axis
         self.progress.visible, self.progress.value = True, 0
         self.run_button.enabled, self.cancel_button.enabled = False, True
@@ -307,13 +317,17 @@ class SegmentWidget(Container):
         return tuple(data.shape[:-1]) if getattr(self._source, "rgb", False) else data.shape
 
     def _write_chunk(self, event) -> None:
-        """Copy finished slices into the layer (GUI thread) and redraw."""
+        """Copy finished slices into the layer (GUI thread); redraw at most every
+        _REDRAW_INTERVAL_S, since a redraw costs the GUI thread far more than the copy."""
         out = self._output.data
         if self._axis is None:
             out[...] = event.labels[0]
         else:
             np.moveaxis(out, self._axis, 0)[event.start:event.stop] = event.labels
-        self._output.refresh()
+        now = time.perf_counter()
+        if now - self._last_redraw >= _REDRAW_INTERVAL_S or event.stop == event.total:
+            self._output.refresh()
+            self._last_redraw = now
 
     def _on_error(self, exc: Exception) -> None:
         show_error(f"VM-UNet: {exc}")
@@ -321,6 +335,7 @@ class SegmentWidget(Container):
 
     def _on_finished(self) -> None:
         if self._output is not None:
+            self._output.refresh()  # the slices written since the last redraw (Cancel)
             # What the model said, finished or cancelled: corrections are what differs from it.
             self._output.metadata[PREDICTION_KEY] = np.array(self._output.data, copy=True)
         self.run_button.enabled, self.cancel_button.enabled = True, False

@@ -64,7 +64,7 @@ def _exp_nonpositive(x):
     return r if z > np.float32(-120.0) else np.float32(0.0)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _forward_kernel(u, delta, A, Bt, Ct, D, out):
     batch, channels, length = u.shape
     n_state = A.shape[1]
@@ -87,7 +87,7 @@ def _forward_kernel(u, delta, A, Bt, Ct, D, out):
             out[b, c, t] = y + D[c] * x
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(parallel=True, fastmath=True, cache=True, nogil=True)
 def _backward_kernel(u, delta, A, Bt, Ct, D, dout, du, ddelta, dA, dD, dB_parts, dC_parts):
     """Gradients of one scan. B and C are shared by the channels of a group, so each task owns a
     (batch, group, part) slice of channels and accumulates dB/dC into its own part buffer:
