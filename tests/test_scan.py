@@ -155,11 +155,19 @@ def test_a_registered_backend_joins_the_automatic_choice(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("backend", ["reference", "mamba"])
-def test_cuda_backends_match_the_reference(backend):
+@pytest.mark.parametrize("backend", ["reference", "mamba", "triton"])
+@pytest.mark.parametrize("batch, channels, length, n_state, groups", [
+    (2, 4 * 32, 300, 16, 4),   # grouped as VM-UNet, L not a multiple of any chunk
+    (1, 4 * 24, 4096, 16, 4),  # stage 0 of a 256² image, long L
+    (3, 12, 33, 8, None),      # ungrouped B/C, odd sizes
+    (2, 8, 1, 16, 2),          # a single position
+])
+def test_cuda_backends_match_the_reference(backend, batch, channels, length, n_state, groups):
     if scan.unavailable_reason(backend, "cuda"):
         pytest.skip(scan.unavailable_reason(backend, "cuda"))
-    inputs = make_inputs(2, 4 * 32, 300, seed=1)
+    if backend == "reference" and length > 1000:
+        pytest.skip("the plain loop is too slow for long L")
+    inputs = make_inputs(batch, channels, length, n_state, groups, seed=length)
     leaves64, out64 = _reference_float64(inputs, delta_softplus=True)
     leaves = {k: v.float().cuda().requires_grad_() for k, v in inputs.items()}
     out = scan.selective_scan(**leaves, delta_softplus=True, backend=backend)
@@ -169,3 +177,50 @@ def test_cuda_backends_match_the_reference(backend):
     got = torch.autograd.grad(out, list(leaves.values()), grad_out.float().cuda())
     for name, g, e in zip(NAMES, got, expected, strict=True):
         assert relative_error(g.cpu(), e) <= 1e-5, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_takes_half_precision_inputs(dtype):
+    """bf16/fp16 u, delta, B, C (as under autocast), fp32 state: within 1e-2 of float64 on the
+    same rounded inputs, forward and backward; no-grad inference (autotuned) agrees."""
+    if scan.unavailable_reason("triton", "cuda"):
+        pytest.skip(scan.unavailable_reason("triton", "cuda"))
+    inputs = make_inputs(2, 4 * 48, 1024, seed=2)
+    half = {k: (v.to(dtype) if k in ("u", "delta", "B", "C") else v.float()).cuda()
+            for k, v in inputs.items()}
+    leaves64, out64 = _reference_float64({k: v.double().cpu() for k, v in half.items()},
+                                         delta_softplus=True)
+    leaves = {k: v.clone().requires_grad_() for k, v in half.items()}
+    out = scan.selective_scan(**leaves, delta_softplus=True, backend="triton")
+    assert out.dtype == dtype
+    assert relative_error(out.cpu(), out64) <= 1e-2
+    grad_out = torch.randn(out.shape, dtype=torch.float64)
+    expected = torch.autograd.grad(out64, list(leaves64.values()), grad_out)
+    got = torch.autograd.grad(out, list(leaves.values()), grad_out.to(dtype).cuda())
+    for name, g, e in zip(NAMES, got, expected, strict=True):
+        assert relative_error(g.cpu(), e) <= 1e-2, name
+    with torch.no_grad():
+        again = scan.selective_scan(**half, delta_softplus=True, backend="triton")
+    assert relative_error(again.cpu(), out64) <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_runs_the_model_and_is_chosen_without_mamba():
+    from napari_vmunet.model import VMUNet, VMUNetConfig
+
+    if scan.unavailable_reason("triton", "cuda"):
+        pytest.skip(scan.unavailable_reason("triton", "cuda"))
+    mamba_here = scan.unavailable_reason("mamba", "cuda") is None
+    assert scan.resolve_backend("cuda") == ("mamba" if mamba_here else "triton")
+    torch.manual_seed(0)
+    model = VMUNet(VMUNetConfig(num_classes=1, dims=(16, 32, 64, 128))).cuda().eval()
+    x = torch.rand(2, 3, 96, 128, device="cuda")
+    with torch.no_grad():
+        model.set_scan_backend("triton")
+        ours = model.forward_logits(x)
+        model.set_scan_backend("reference")
+        reference_out = model.forward_logits(x)
+    assert relative_error(ours.cpu(), reference_out.cpu()) <= 1e-4

@@ -6,7 +6,9 @@ argument or the ``NAPARI_VMUNET_SCAN`` environment variable:
 
 - ``reference``: the plain recurrence; any device and dtype; the ground truth for tests.
 - ``cpu``: a compiled CPU kernel (numba), forward and backward.
-- ``mamba``: mamba-ssm's CUDA kernel, when the optional package imports.
+- ``mamba``: mamba-ssm's CUDA kernel, when the optional package imports (first on CUDA).
+- ``triton``: Triton kernels for NVIDIA GPUs, forward and backward (triton ships with CUDA
+  builds of torch; nothing is compiled at install time); on CUDA when mamba-ssm is absent.
 
 Backends are imported only when first used, and new ones (a GPU kernel) join through
 :func:`register_backend` without touching the model.
@@ -36,7 +38,9 @@ _REGISTRY: dict[str, ScanBackend] = {}
 # Automatic choice per device type, best first. Names not registered are skipped, so a backend
 # can be listed before it exists.
 _PREFERENCE: dict[str, list[str]] = {
-    "cuda": ["triton", "mamba", "reference"],
+    # mamba-ssm's kernel is still 2-4x faster than ours (benchmarks/RESULTS.md): used when it
+    # imports; ours needs nothing installed and is far faster than the plain loop.
+    "cuda": ["mamba", "triton", "reference"],
     "cpu": ["cpu", "reference"],
 }
 
@@ -70,6 +74,8 @@ register_backend(ScanBackend(
 ))
 register_backend(ScanBackend("cpu", f"{__name__}.cpu", ("cpu",), "compiled CPU kernel (numba)"))
 register_backend(ScanBackend("mamba", f"{__name__}.mamba", ("cuda",), "mamba-ssm's CUDA kernel"))
+register_backend(ScanBackend("triton", f"{__name__}.triton_scan", ("cuda",),
+                             "Triton kernels (no compiler needed)"))
 
 
 def backend_names() -> list[str]:
