@@ -224,3 +224,17 @@ def test_triton_runs_the_model_and_is_chosen_without_mamba():
         model.set_scan_backend("reference")
         reference_out = model.forward_logits(x)
     assert relative_error(ours.cpu(), reference_out.cpu()) <= 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("batch", [1, 8])  # 1 x 1024 rows: chunked form; 8 x 1024: sequential
+def test_triton_inference_forms_match_the_reference(batch):
+    if scan.unavailable_reason("triton", "cuda"):
+        pytest.skip(scan.unavailable_reason("triton", "cuda"))
+    inputs = make_inputs(batch, 4 * 256, 300, seed=batch, device="cuda")
+    expected = reference.selective_scan(**inputs, delta_softplus=True)
+    with torch.no_grad():
+        got = scan.selective_scan(**{k: v.float() for k, v in inputs.items()},
+                                  delta_softplus=True, backend="triton")
+    assert relative_error(got, expected) <= 1e-5
