@@ -330,7 +330,6 @@ class FineTuneWidget(Container):
         if isinstance(event, tuple):
             self.base, self.tuner = event
         elif isinstance(event, TrainingStarted):
-            self._started = event
             self.status.value = (f"{event.train_slices} training / {event.validation_slices} "
                                  f"validation slices on {event.device}")
         elif isinstance(event, TrainingStep):

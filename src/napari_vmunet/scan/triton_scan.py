@@ -75,7 +75,7 @@ if triton is not None:
         n_chunks_saved,
         N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
         HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        SAVE_STATES: tl.constexpr, IS_BF: tl.constexpr,
+        SAVE_STATES: tl.constexpr, IS_BF: tl.constexpr,  # IS_BF: tuned apart (a key)
     ):
         b = tl.program_id(1)
         blocks_per_group = (GROUP_SIZE + BLOCK_D - 1) // BLOCK_D
