@@ -61,6 +61,25 @@ def wait(app, condition, timeout=600.0):
             raise TimeoutError("the widget did not finish in time")
 
 
+def stall_summary(stalls: list[dict]) -> str:
+    return (f"GUI max stall {max(s['max_ms'] for s in stalls):.0f} ms, p99 "
+            f"{max(s['p99_ms'] for s in stalls):.0f} ms")
+
+
+def stop_latency(app, widget, stop, after_progress: int, repeats: int) -> str:
+    """Seconds from ``stop()`` (Cancel/Stop) to the widget's worker having finished, once its
+    progress bar has reached ``after_progress``."""
+    latencies = []
+    for _ in range(repeats):
+        widget.start()
+        wait(app, lambda: widget.progress.value >= after_progress)
+        start = time.perf_counter()
+        stop()
+        wait(app, lambda: widget.worker is None)
+        latencies.append(time.perf_counter() - start)
+    return f"median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s"
+
+
 def main(argv=None) -> int:
     import napari
     import torch
@@ -109,21 +128,10 @@ def main(argv=None) -> int:
     seg_worker, seg_direct = statistics.median(worker_s), statistics.median(direct_s)
     print(f"segment t1-head {head.data.shape}: in the widget's worker {seg_worker:.2f} s, "
           f"direct {seg_direct:.2f} s (median of {args.repeats}; worker/direct "
-          f"{seg_worker / seg_direct:.2f}); GUI max stall "
-          f"{max(s['max_ms'] for s in stalls):.0f} ms, p99 "
-          f"{max(s['p99_ms'] for s in stalls):.0f} ms")
+          f"{seg_worker / seg_direct:.2f}); {stall_summary(stalls)}")
 
     # -- cancel latency --------------------------------------------------------------------
-    latencies = []
-    for _ in range(args.repeats):
-        segment.start()
-        wait(app, lambda: segment.progress.value >= 2)
-        start = time.perf_counter()
-        segment.cancel()
-        wait(app, lambda: segment.worker is None)
-        latencies.append(time.perf_counter() - start)
-    print(f"Cancel -> finished: median {statistics.median(latencies):.2f} s, max "
-          f"{max(latencies):.2f} s")
+    print("Cancel -> finished: " + stop_latency(app, segment, segment.cancel, 2, args.repeats))
 
     # -- fine-tuning: worker vs direct, GUI stalls, Stop -------------------------------------
     viewer.layers.clear()
@@ -164,21 +172,11 @@ def main(argv=None) -> int:
     worker_rate, direct_rate = statistics.median(rates_worker), statistics.median(rates_direct)
     print(f"fine-tune ct-lung, {args.steps} steps: in the widget's worker {worker_rate:.1f} "
           f"slices/s, direct {direct_rate:.1f} slices/s (worker/direct "
-          f"{worker_rate / direct_rate:.2f}); GUI max stall "
-          f"{max(s['max_ms'] for s in stalls):.0f} ms, p99 "
-          f"{max(s['p99_ms'] for s in stalls):.0f} ms")
+          f"{worker_rate / direct_rate:.2f}); {stall_summary(stalls)}")
 
-    latencies = []
-    for _ in range(args.repeats):
-        tune.steps.value = 100_000
-        tune.start()
-        wait(app, lambda: tune.progress.value >= 3)
-        start = time.perf_counter()
-        tune.stop()
-        wait(app, lambda: tune.worker is None)
-        latencies.append(time.perf_counter() - start)
-    print(f"Stop -> finished (best weights restored): median "
-          f"{statistics.median(latencies):.2f} s, max {max(latencies):.2f} s")
+    tune.steps.value = 100_000
+    print("Stop -> finished (best weights restored): "
+          + stop_latency(app, tune, tune.stop, 3, args.repeats))
     viewer.close()
     return 0
 

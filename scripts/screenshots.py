@@ -44,36 +44,32 @@ def main(argv=None) -> int:
         viewer.screenshot(str(args.out / name), canvas_only=False)
         print(f"wrote {args.out / name}")
 
+    def open_and_segment(sample, reference, size, axis, world_point):
+        """A window with ``sample`` (its reference hidden), segmented by the Segment widget
+        with the bundled model on the CPU, showing ``world_point`` along axis 0."""
+        viewer = napari.Viewer(show=True)
+        viewer.window.resize(*size)
+        viewer.open_sample("napari-vmunet", sample)
+        viewer.layers[f"{sample} {reference}"].visible = False
+        _, segment = viewer.window.add_plugin_dock_widget("napari-vmunet", "Segment")
+        wait(lambda: segment.model is not None)
+        segment.image_choice.value = sample
+        segment.device.value = "cpu"
+        segment.axis.value = axis
+        viewer.dims.set_point(0, world_point)
+        segment.start()
+        wait(lambda: segment.worker is None)
+        return viewer, segment
+
     # 1. the T1 head
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1400, 900)
-    viewer.open_sample("napari-vmunet", "t1-head")
-    viewer.layers["t1-head brain (reference)"].visible = False
-    _, segment = viewer.window.add_plugin_dock_widget("napari-vmunet", "Segment")
-    wait(lambda: segment.model is not None)
-    segment.image_choice.value = "t1-head"
-    segment.device.value = "cpu"
-    viewer.dims.set_point(0, 70 * 1.5)
-    segment.start()
-    wait(lambda: segment.worker is None)
+    viewer, _ = open_and_segment("t1-head", "brain (reference)", (1400, 900), -1, 70 * 1.5)
     viewer.layers["t1-head labels"].opacity = 0.5
     shoot(viewer, "segment-widget.png")
     viewer.close()
 
     # 2-4. segment -> correct -> fine-tune -> segment again, on the CT sample
     _, tumour = load_sample("ct-lung")
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1500, 1000)
-    viewer.open_sample("napari-vmunet", "ct-lung")
-    viewer.layers["ct-lung tumour (reference)"].visible = False
-    _, segment = viewer.window.add_plugin_dock_widget("napari-vmunet", "Segment")
-    wait(lambda: segment.model is not None)
-    segment.image_choice.value = "ct-lung"
-    segment.device.value = "cpu"
-    segment.axis.value = 0
-    viewer.dims.set_point(0, 7 * 5.0)
-    segment.start()
-    wait(lambda: segment.worker is None)
+    viewer, segment = open_and_segment("ct-lung", "tumour (reference)", (1500, 1000), 0, 7 * 5.0)
     first = viewer.layers["ct-lung labels"]
     print(f"bundled brain model on the CT: Dice {dice(first.data > 0, tumour.data > 0):.3f}")
     shoot(viewer, "finetune-1-segment.png")

@@ -29,15 +29,19 @@ from magicgui.widgets import (
     Select,
     SpinBox,
 )
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
-from ..recipes import CT_WINDOWS, RECIPES
+from ._controls import (
+    chosen_recipe,
+    device_control,
+    layer_names,
+    recipe_controls,
+    start_worker,
+)
 from ._layers import PREDICTION_KEY, layer_spacing_mm, viewer_slicing_axis
 from ._plot import TrainingPlot
-from ._segment_widget import CHECKPOINT_RECIPE, NO_WINDOW, chosen_recipe, device_choices
 from ._session import CurrentModel, session_for
 
 # Paint strokes arrive many times a second; the slice list is recomputed once they pause.
@@ -60,8 +64,8 @@ class FineTuneWidget(Container):
         self._removed: set[int] = set()
 
         self.model_card = Label(value="")
-        self.image_choice = ComboBox(label="image", choices=self._layer_names("Image"))
-        self.labels_choice = ComboBox(label="labels", choices=self._layer_names("Labels"),
+        self.image_choice = ComboBox(label="image", choices=layer_names(viewer, "Image"))
+        self.labels_choice = ComboBox(label="labels", choices=layer_names(viewer, "Labels"),
                                       tooltip="the corrected labels layer")
         self.axis = SpinBox(label="slicing axis", min=-1, max=3, value=-1,
                             tooltip="-1: the axis the viewer is slicing")
@@ -71,16 +75,13 @@ class FineTuneWidget(Container):
         self.goto_button = PushButton(text="Go to slice")
         self.add_button = PushButton(text="Add current slice")
         self.remove_button = PushButton(text="Remove selected")
-        self.recipe_choice = ComboBox(label="recipe", choices=[CHECKPOINT_RECIPE, *RECIPES],
-                                      value=CHECKPOINT_RECIPE)
-        self.window = ComboBox(label="CT window", choices=[NO_WINDOW, *CT_WINDOWS],
-                               value=NO_WINDOW)
+        self.recipe_choice, self.window = recipe_controls()
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
         self.learning_rate = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-5,
                                           value=3e-4)
         self.batch = SpinBox(label="batch size", min=1, max=256, value=8)
         self.decoder_only = CheckBox(text="decoder only (keep the encoder as it is)")
-        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
+        self.device = device_control()
         self.start_button = PushButton(text="Start")
         self.stop_button = PushButton(text="Stop", enabled=False,
                                       tooltip="stop now and keep the best weights so far")
@@ -130,8 +131,7 @@ class FineTuneWidget(Container):
         painting, so that Start does not freeze the window for a moment (benchmarks/gui.py)."""
         from ..engine.warmup import warm_up
 
-        self._warmer = create_worker(warm_up, training=True, _ignore_errors=True)
-        self._warmer.start()
+        self._warmer = start_worker(warm_up, training=True)
 
     def _disconnect(self, _obj=None) -> None:
         """The dock widget is gone: stop listening to the layers and the session."""
@@ -144,12 +144,6 @@ class FineTuneWidget(Container):
         self.viewer.layers.events.removed.disconnect(self._refresh_layers)
 
     # -- layers and corrected slices -------------------------------------------------------
-
-    def _layer_names(self, kind: str):
-        def names(_widget=None):
-            return [layer.name for layer in self.viewer.layers
-                    if type(layer).__name__ == kind]
-        return names
 
     def _layer(self, name):
         layers = self.viewer.layers
@@ -307,11 +301,8 @@ class FineTuneWidget(Container):
         for button in (self.use_button, self.save_button, self.revert_button):
             button.enabled = False
         self.status.value = f"preparing {len(slices)} slice(s)…"
-        self.worker = create_worker(work, _ignore_errors=True)
-        self.worker.yielded.connect(self._on_event)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
+        self.worker = start_worker(work, on_event=self._on_event, on_error=self._on_error,
+                                   on_finished=self._on_finished)
 
     def stop(self) -> None:
         if self.worker is not None:
@@ -422,11 +413,9 @@ class FineTuneWidget(Container):
             return save_checkpoint(model, path, recipe=recipe, provenance=provenance,
                                    overwrite=True)
 
-        worker = create_worker(save, _ignore_errors=True)
-        worker.returned.connect(self._saved)
-        worker.errored.connect(lambda exc: show_error(f"VM-UNet: could not save: {exc}"))
-        worker.start()
-        self._saver = worker
+        self._saver = start_worker(
+            save, on_returned=self._saved,
+            on_error=lambda exc: show_error(f"VM-UNet: could not save: {exc}"))
 
     def _saved(self, path: Path) -> None:
         self.status.value = f"saved {path}"

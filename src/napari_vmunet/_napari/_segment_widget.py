@@ -24,42 +24,28 @@ from magicgui.widgets import (
     PushButton,
     SpinBox,
 )
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSettings
 from qtpy.QtWidgets import QFileDialog
 
 from ..bundled import default_checkpoint
 from ..io import Geometry
-from ..recipes import CT_WINDOWS, RECIPES
+from ._controls import (
+    chosen_recipe,
+    device_control,
+    layer_names,
+    recipe_controls,
+    start_worker,
+)
 from ._layers import GEOMETRY_KEY, PREDICTION_KEY, layer_spacing_mm, viewer_slicing_axis
 from ._session import CurrentModel, session_for
 
 BUNDLED = "bundled: T1 brain extraction"
 OPEN = "Open checkpoint…"
-CHECKPOINT_RECIPE = "the checkpoint's own"
-NO_WINDOW = "recipe's window"
 RECENT_KEY = "segment/recent_checkpoints"
 LAST_KEY = "segment/last_checkpoint"
 MAX_RECENT = 5
 _REDRAW_INTERVAL_S = 0.3
-
-
-def device_choices() -> list[str]:
-    from ..engine.device import available_devices
-
-    return ["auto", *available_devices()]
-
-
-def chosen_recipe(model, recipe_name: str, window_name: str):
-    """The recipe picked in a widget: the checkpoint's own (or its guess) or a named one, on
-    another CT window if one is picked."""
-    from ..recipes import recipe_for
-
-    recipe = recipe_for(model)[0] if recipe_name == CHECKPOINT_RECIPE else RECIPES[recipe_name]
-    if window_name != NO_WINDOW:
-        recipe = recipe.with_window(*CT_WINDOWS[window_name])
-    return recipe
 
 
 def _load_and_warm_up(path: Path):
@@ -97,17 +83,12 @@ class SegmentWidget(Container):
                                      ".pth/.safetensors file")
         self._set_model_choices(BUNDLED)
         self.model_card = Label(value="loading…")
-        self.image_choice = ComboBox(label="image", choices=self._image_layers,
+        self.image_choice = ComboBox(label="image", choices=layer_names(viewer, "Image"),
                                      tooltip="the Image layer to segment")
         self.axis = SpinBox(label="slicing axis", min=-1, max=3, value=-1,
                             tooltip="-1: the axis the viewer is slicing")
-        self.recipe_choice = ComboBox(label="recipe", choices=[CHECKPOINT_RECIPE, *RECIPES],
-                                      value=CHECKPOINT_RECIPE,
-                                      tooltip="preprocessing; files from the authors' code "
-                                      "carry none and get a guess")
-        self.window = ComboBox(label="CT window", choices=[NO_WINDOW, *CT_WINDOWS],
-                               value=NO_WINDOW)
-        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
+        self.recipe_choice, self.window = recipe_controls()
+        self.device = device_control()
         self.batch = SpinBox(label="batch size", min=0, max=256, value=0,
                              tooltip="0: from free memory")
         self.threshold = FloatSpinBox(label="threshold", min=0.01, max=0.99, step=0.05,
@@ -171,11 +152,9 @@ class SegmentWidget(Container):
         """Load in a worker; the current model stays until the new one has loaded."""
         self.model_card.value = f"loading {Path(path).name}…"
         self.run_button.enabled = False
-        worker = create_worker(_load_and_warm_up, path, _ignore_errors=True)
-        worker.returned.connect(lambda model: self._model_loaded(model, Path(path)))
-        worker.errored.connect(self._model_failed)
-        worker.start()
-        self.loader = worker
+        self.loader = start_worker(
+            _load_and_warm_up, path, on_error=self._model_failed,
+            on_returned=lambda model: self._model_loaded(model, Path(path)))
 
     def _model_loaded(self, model, path: Path) -> None:
         self._remember(path)
@@ -230,11 +209,6 @@ class SegmentWidget(Container):
 
     # -- layers ----------------------------------------------------------------------------
 
-    def _image_layers(self, _widget=None):
-        from napari.layers import Image
-
-        return [layer.name for layer in self.viewer.layers if isinstance(layer, Image)]
-
     def _refresh_layers(self, _event=None):
         self.image_choice.reset_choices()
 
@@ -263,17 +237,15 @@ class SegmentWidget(Container):
             axis = self.axis.value if self.axis.value >= 0 else viewer_slicing_axis(self.viewer,
                                                                                     layer)
         self._output, self._last_redraw = None, 0.0
+        self._cleans_up = recipe.keep_largest
         self._source, self._axis = layer, axis
         self.progress.visible, self.progress.value = True, 0
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = "segmenting…"
-        self.worker = create_worker(segmenter.run, data, axis=axis, rgb=rgb, _ignore_errors=True,
-                                    probabilities=self.probabilities.value,
-                                    spacing=layer_spacing_mm(layer))
-        self.worker.yielded.connect(self._on_event)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_finished)
-        self.worker.start()
+        self.worker = start_worker(segmenter.run, data, axis=axis, rgb=rgb,
+                                   probabilities=self.probabilities.value,
+                                   spacing=layer_spacing_mm(layer), on_event=self._on_event,
+                                   on_error=self._on_error, on_finished=self._on_finished)
 
     def cancel(self) -> None:
         if self.worker is not None:
@@ -302,10 +274,11 @@ class SegmentWidget(Container):
         elif isinstance(event, Notice):
             show_info(f"VM-UNet: {event.message}")
         elif isinstance(event, SegmentationDone):
-            # The finished result can differ from the streamed slices: recipes may clean up
-            # the whole volume at the end (keep the largest region).
-            self._output.data[...] = event.labels
-            self._output.refresh()
+            if self._cleans_up:
+                # The recipe cleaned the whole volume up after the last slice (largest region
+                # kept): the streamed slices are not the result any more.
+                self._output.data[...] = event.labels
+                self._output.refresh()
             self.status.value = f"done in {event.seconds:.1f} s"
             if event.probabilities is not None:
                 self.viewer.add_image(event.probabilities,

@@ -58,6 +58,27 @@ if triton is not None:
         # log(1 + e^x), exact for large x (as torch's, which switches at 20)
         return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
 
+    @triton.jit
+    def _program_channels(A_ptr, D_ptr, bias_ptr, GROUP_SIZE, N: tl.constexpr,
+                          BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+        """This program's batch, group, channels (and their mask), and the channels' A (fp32),
+        D and delta_bias (zeros when absent). Grid: (groups x channel blocks, batch)."""
+        b = tl.program_id(1)
+        blocks_per_group = (GROUP_SIZE + BLOCK_D - 1) // BLOCK_D
+        group = tl.program_id(0) // blocks_per_group
+        d_in_group = (tl.program_id(0) % blocks_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)
+        d_mask = d_in_group < GROUP_SIZE
+        d = group * GROUP_SIZE + d_in_group
+        n = tl.arange(0, N)
+        A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=d_mask[:, None], other=0.0)
+        Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        if HAS_D:
+            Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+        bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+        return b, group, d, d_mask, A.to(tl.float32), Dv, bias
+
     _CONFIGS = [
         triton.Config({"BLOCK_D": bd, "BLOCK_L": bl}, num_warps=w)
         for bd, bl, w in [(4, 64, 4), (8, 32, 4), (8, 64, 4), (16, 32, 4), (16, 64, 8),
@@ -77,21 +98,10 @@ if triton is not None:
         HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         SAVE_STATES: tl.constexpr, IS_BF: tl.constexpr,  # IS_BF: tuned apart (a key)
     ):
-        b = tl.program_id(1)
-        blocks_per_group = (GROUP_SIZE + BLOCK_D - 1) // BLOCK_D
-        group = tl.program_id(0) // blocks_per_group
-        d_in_group = (tl.program_id(0) % blocks_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)
-        d_mask = d_in_group < GROUP_SIZE
-        d = group * GROUP_SIZE + d_in_group
+        b, group, d, d_mask, A, Dv, bias = _program_channels(
+            A_ptr, D_ptr, bias_ptr, GROUP_SIZE, N, BLOCK_D, HAS_D, HAS_BIAS)
         n = tl.arange(0, N)
         ls = tl.arange(0, BLOCK_L)
-
-        A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=d_mask[:, None], other=0.0)
-        A = A.to(tl.float32)
-        if HAS_D:
-            Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
         h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
         for chunk in range(0, (length + BLOCK_L - 1) // BLOCK_L):
             l = chunk * BLOCK_L + ls
@@ -186,23 +196,10 @@ if triton is not None:
         N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
         HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     ):
-        b = tl.program_id(1)
-        blocks_per_group = (GROUP_SIZE + BLOCK_D - 1) // BLOCK_D
-        group = tl.program_id(0) // blocks_per_group
-        d_in_group = (tl.program_id(0) % blocks_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)
-        d_mask = d_in_group < GROUP_SIZE
-        d = group * GROUP_SIZE + d_in_group
+        b, group, d, d_mask, A, Dv, bias = _program_channels(
+            A_ptr, D_ptr, bias_ptr, GROUP_SIZE, N, BLOCK_D, HAS_D, HAS_BIAS)
         n = tl.arange(0, N)
         ls = tl.arange(0, BLOCK_L)
-
-        A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=d_mask[:, None], other=0.0)
-        A = A.to(tl.float32)
-        Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        if HAS_D:
-            Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-        bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
         g_carry = tl.zeros((BLOCK_D, N), dtype=tl.float32)  # g at the next chunk's start
         dA_acc = tl.zeros((BLOCK_D, N), dtype=tl.float32)
         dD_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
