@@ -153,21 +153,9 @@ if triton is not None:
         HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         IS_BF: tl.constexpr,
     ):
-        b = tl.program_id(1)
-        blocks_per_group = (GROUP_SIZE + BLOCK_D - 1) // BLOCK_D
-        group = tl.program_id(0) // blocks_per_group
-        d_in_group = (tl.program_id(0) % blocks_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)
-        d_mask = d_in_group < GROUP_SIZE
-        d = group * GROUP_SIZE + d_in_group
+        b, group, d, d_mask, A, Dv, bias = _program_channels(
+            A_ptr, D_ptr, bias_ptr, GROUP_SIZE, N, BLOCK_D, HAS_D, HAS_BIAS)
         n = tl.arange(0, N)
-        A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=d_mask[:, None], other=0.0)
-        A = A.to(tl.float32)
-        Dv = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        if HAS_D:
-            Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-        bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
         h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
         u_row = u_ptr + b * su_b + d * su_d
         dt_row = dt_ptr + b * sdt_b + d * sdt_d
