@@ -99,9 +99,39 @@ def bench_scan(backend: str, copy_gbs: float, repeats: int) -> dict:
     return results
 
 
+def bench_ss2d(copy_gbs: float, repeats: int, batch: int = 32, side: int = 64,
+               channels: int = 192, rank: int = 6, n_state: int = 16) -> dict:
+    """The fused four-direction scan (``triton``'s selective_scan_2d) at the same stage-0 shape:
+    bytes = the activation and its pixel projections read once, the float32 result written
+    once (the least any form of the four-direction scan must move)."""
+    from napari_vmunet.scan import selective_scan_2d
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    k = 4
+    params = (torch.randn(k, channels, rank, device="cuda", generator=g) / rank**0.5,
+              torch.randn(k, channels, device="cuda", generator=g) - 2,
+              -torch.exp(torch.randn(k, channels, n_state, device="cuda", generator=g)),
+              torch.randn(k, channels, device="cuda", generator=g))
+    results = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        for b in (batch, 1):
+            x = torch.randn(b, side, side, channels, device="cuda", generator=g).to(dtype)
+            proj = torch.randn(b, side, side, k, rank + 2 * n_state, device="cuda",
+                               generator=g).to(dtype)
+            with torch.no_grad():
+                seconds = timed(lambda x=x, proj=proj: selective_scan_2d(
+                    x, proj, *params, backend="triton"), repeats)
+            moved = (x.numel() + proj.numel()) * x.element_size() + x.numel() * 4
+            results[f"b{b} {name} ms"] = seconds * 1000
+            if b == batch:
+                results[f"b{b} {name} % copy"] = 100 * moved / seconds / 1e9 / copy_gbs
+    return results
+
+
 def bench_model(model, logits, repeats: int, reference_outputs: dict | None = None) -> dict:
     """Latency, throughput, a bf16 training step and its peak memory of ``model``;
     ``logits(x)`` is its forward returning logits (the same for every model compared)."""
+    from napari_vmunet.engine.cuda_graphs import GraphedForward
     from napari_vmunet.engine.training import segmentation_loss
 
     model = model.cuda().eval()
@@ -112,6 +142,8 @@ def bench_model(model, logits, repeats: int, reference_outputs: dict | None = No
     x8 = torch.rand(8, 3, 512, 512, device="cuda", generator=g)
     with torch.no_grad():
         results["256² b1 fp32 ms"] = timed(lambda: logits(x1), repeats) * 1000
+        graphed = GraphedForward(logits)
+        results["256² b1 fp32 ms, CUDA graph"] = timed(lambda: graphed(x1), repeats) * 1000
         seconds = timed(lambda: logits(x32), repeats)
         results["256² b32 fp32 img/s"] = 32 / seconds
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -238,6 +270,9 @@ def main(argv=None) -> int:
     for name in backends:
         for key, value in bench_scan(name, copy_gbs, args.repeats).items():
             print(f"{name:7s} scan   {key:34s} {value:10.2f}")
+    if "triton" in backends:
+        for key, value in bench_ss2d(copy_gbs, args.repeats).items():
+            print(f"triton  ss2d   {key:34s} {value:10.2f}")
     if args.profile and backends:
         profile(backends[0])
     if args.skip_model:

@@ -380,3 +380,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Fa
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
     return _SelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, need_grad)
+
+
+# SS2D's four directions in one fused kernel (inference), found by napari_vmunet.scan
+from .triton_ss2d import selective_scan_2d  # noqa: E402, F401
