@@ -1,6 +1,7 @@
 """GPU speed of VM-UNet's selective scan and of the whole model, per scan backend, in one run.
 
-    python benchmarks/gpu.py [--backends triton,mamba] [--repeats 20] [--authors-repo DIR]
+    python benchmarks/gpu.py [--backends triton,mamba] [--model-backends triton] [--repeats 20]
+                             [--authors-repo DIR] [--profile]
 
 (``mamba`` and ``--authors-repo`` need mamba-ssm's kernel importable, built on the GPU machine
 for the measurement only; nnU-Net needs ``pip install dynamic-network-architectures``.)
@@ -11,14 +12,17 @@ one the authors' code uses, when it imports), on the same GPU in the same run:
 1. the scan kernel at the shape of stage 0 of a 256² image in config B (batch 32, 4 directions
    x 192 channels, L = 4096, N = 16, B/C grouped by direction): forward in fp32 and with bf16
    inputs, and forward + backward, with the bytes the forward must move and the bandwidth it
-   reaches against a plain device-to-device copy measured here;
+   reaches against a plain device-to-device copy measured here; and ``triton``'s fused
+   four-direction kernel (``selective_scan_2d``) at the same shape, batch 32 and 1;
 2. the released configuration (config B, ``isic``, 27.4 M parameters): 256² batch 1 latency
-   (fp32), 256² batch 32 throughput in fp32 and bf16 autocast, 512² batch 8 (bf16), and a
-   training step at 256² batch 32 in bf16 (AdamW, BCE + Dice) with its peak memory; outputs
-   of every backend compared with the first one's. The same for the authors' model
-   (``--authors-repo``, with the same weights; needs mamba-ssm's kernel) and nnU-Net's 2D
-   PlainConvUNet (when dynamic-network-architectures imports).
+   (fp32; eager, and replayed as a CUDA graph), 256² batch 32 throughput in fp32 and bf16
+   autocast, 512² batch 8 (bf16), and a training step at 256² batch 32 in bf16 (AdamW,
+   BCE + Dice) with its peak memory; outputs of every backend compared with the first one's.
+   The same for the authors' model (``--authors-repo``, with the same weights; needs
+   mamba-ssm's kernel) and nnU-Net's 2D PlainConvUNet (when dynamic-network-architectures
+   imports).
 
+``--profile`` prints where our model's GPU time goes (torch.profiler, 256² batch 32, bf16).
 Medians of ``--repeats`` timed runs after a warm-up (Triton autotunes then). Record the output
 in benchmarks/RESULTS.md with the device and versions it prints.
 """
@@ -240,6 +244,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="triton,mamba")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--model-backends", help="backends to run our whole model with "
+                        "(default: --backends)")
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--profile", action="store_true",
                         help="print where our model's GPU time goes (256² batch 32, bf16)")
@@ -277,7 +283,8 @@ def main(argv=None) -> int:
         profile(backends[0])
     if args.skip_model:
         return 0
-    models = [(f"ours/{name}", lambda name=name: ours(name)) for name in backends]
+    model_backends = args.model_backends.split(",") if args.model_backends else backends
+    models = [(f"ours/{name}", lambda name=name: ours(name)) for name in model_backends]
     if args.authors_repo:
         state = ours(backends[0] if backends else "reference")[0].state_dict()
         models.append(("authors", lambda: authors(args.authors_repo, state)))

@@ -208,13 +208,12 @@ def test_triton_takes_half_precision_inputs(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_triton_runs_the_model_and_is_chosen_without_mamba():
+def test_triton_runs_the_model_and_is_chosen_first():
     from napari_vmunet.model import VMUNet, VMUNetConfig
 
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
-    mamba_here = scan.unavailable_reason("mamba", "cuda") is None
-    assert scan.resolve_backend("cuda") == ("mamba" if mamba_here else "triton")
+    assert scan.resolve_backend("cuda") == "triton"
     torch.manual_seed(0)
     model = VMUNet(VMUNetConfig(num_classes=1, dims=(16, 32, 64, 128))).cuda().eval()
     x = torch.rand(2, 3, 96, 128, device="cuda")

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from ..scan import resolve_backend, selective_scan_2d
 from ..scan.ss2d import N_DIRECTIONS
 from .config import EXPAND, PATCH_SIZE, VMUNetConfig, dt_rank
+from .fused_norm import layer_norm
 
 
 class DropPath(nn.Module):
@@ -45,7 +46,7 @@ class PatchEmbed2D(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x):
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        return layer_norm(self.proj(x).permute(0, 2, 3, 1), self.norm)
 
 
 class PatchMerging2D(nn.Module):
@@ -60,7 +61,7 @@ class PatchMerging2D(nn.Module):
         x = torch.cat(
             [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1
         )
-        return self.reduction(self.norm(x))
+        return self.reduction(layer_norm(x, self.norm, feeds_matmul=True))
 
 
 def _pixels_from_channels(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -81,7 +82,7 @@ class PatchExpand2D(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x):
-        return self.norm(_pixels_from_channels(self.expand(x), 2))
+        return layer_norm(_pixels_from_channels(self.expand(x), 2), self.norm)
 
 
 class FinalPatchExpand2D(nn.Module):
@@ -94,7 +95,9 @@ class FinalPatchExpand2D(nn.Module):
         self.norm = nn.LayerNorm(dim // scale)
 
     def forward(self, x):
-        return self.norm(_pixels_from_channels(self.expand(x), self.scale))
+        # feeds the 1x1 output convolution
+        x = _pixels_from_channels(self.expand(x), self.scale)
+        return layer_norm(x, self.norm, feeds_matmul=True)
 
 
 class SS2D(nn.Module):
@@ -155,7 +158,8 @@ class SS2D(nn.Module):
             -torch.exp(self.A_logs.float()).view(k, d, -1), self.Ds.view(k, d),
             backend=self.scan_backend,
         )  # (B, H, W, d_inner) float32
-        return self.out_proj(self.out_norm(y) * F.silu(z))
+        # out_norm(y) * silu(z), then out_proj
+        return self.out_proj(layer_norm(y, self.out_norm, gate=z, feeds_matmul=True))
 
 
 class VSSBlock(nn.Module):
@@ -168,7 +172,8 @@ class VSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x):
-        return x + self.drop_path(self.self_attention(self.ln_1(x)))
+        attention_input = layer_norm(x, self.ln_1, feeds_matmul=True)  # into in_proj
+        return x + self.drop_path(self.self_attention(attention_input))
 
 
 def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
