@@ -1,6 +1,10 @@
 """GPU speed of VM-UNet's selective scan and of the whole model, per scan backend, in one run.
 
-    python benchmarks/gpu.py [--backends triton,mamba] [--repeats 20]
+    python benchmarks/gpu.py [--backends triton,mamba] [--model-backends triton] [--repeats 20]
+                             [--authors-repo DIR] [--profile]
+
+(``mamba`` and ``--authors-repo`` need mamba-ssm's kernel importable, built on the GPU machine
+for the measurement only; nnU-Net needs ``pip install dynamic-network-architectures``.)
 
 For each backend that can run here (``triton``: ours; ``mamba``: mamba-ssm's CUDA kernel, the
 one the authors' code uses, when it imports), on the same GPU in the same run:
@@ -8,12 +12,17 @@ one the authors' code uses, when it imports), on the same GPU in the same run:
 1. the scan kernel at the shape of stage 0 of a 256² image in config B (batch 32, 4 directions
    x 192 channels, L = 4096, N = 16, B/C grouped by direction): forward in fp32 and with bf16
    inputs, and forward + backward, with the bytes the forward must move and the bandwidth it
-   reaches against a plain device-to-device copy measured here;
+   reaches against a plain device-to-device copy measured here; and ``triton``'s fused
+   four-direction kernel (``selective_scan_2d``) at the same shape, batch 32 and 1;
 2. the released configuration (config B, ``isic``, 27.4 M parameters): 256² batch 1 latency
-   (fp32), 256² batch 32 throughput in fp32 and bf16 autocast, 512² batch 8 (bf16), and a
-   training step at 256² batch 32 in bf16 (AdamW, BCE + Dice) with its peak memory; outputs
-   of every backend compared with the first one's.
+   (fp32; eager, and replayed as a CUDA graph), 256² batch 32 throughput in fp32 and bf16
+   autocast, 512² batch 8 (bf16), and a training step at 256² batch 32 in bf16 (AdamW,
+   BCE + Dice) with its peak memory; outputs of every backend compared with the first one's.
+   The same for the authors' model (``--authors-repo``, with the same weights; needs
+   mamba-ssm's kernel) and nnU-Net's 2D PlainConvUNet (when dynamic-network-architectures
+   imports).
 
+``--profile`` prints where our model's GPU time goes (torch.profiler, 256² batch 32, bf16).
 Medians of ``--repeats`` timed runs after a warm-up (Triton autotunes then). Record the output
 in benchmarks/RESULTS.md with the device and versions it prints.
 """
@@ -23,6 +32,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 
@@ -93,33 +103,65 @@ def bench_scan(backend: str, copy_gbs: float, repeats: int) -> dict:
     return results
 
 
-def bench_model(backend: str, repeats: int, reference_outputs: dict) -> dict:
-    from napari_vmunet.engine.training import segmentation_loss
-    from napari_vmunet.model import build_model
+def bench_ss2d(copy_gbs: float, repeats: int, batch: int = 32, side: int = 64,
+               channels: int = 192, rank: int = 6, n_state: int = 16) -> dict:
+    """The fused four-direction scan (``triton``'s selective_scan_2d) at the same stage-0 shape:
+    bytes = the activation and its pixel projections read once, the float32 result written
+    once (the least any form of the four-direction scan must move)."""
+    from napari_vmunet.scan import selective_scan_2d
 
-    torch.manual_seed(0)
-    model = build_model("isic").cuda().eval()
-    model.set_scan_backend(backend)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    k = 4
+    params = (torch.randn(k, channels, rank, device="cuda", generator=g) / rank**0.5,
+              torch.randn(k, channels, device="cuda", generator=g) - 2,
+              -torch.exp(torch.randn(k, channels, n_state, device="cuda", generator=g)),
+              torch.randn(k, channels, device="cuda", generator=g))
+    results = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        for b in (batch, 1):
+            x = torch.randn(b, side, side, channels, device="cuda", generator=g).to(dtype)
+            proj = torch.randn(b, side, side, k, rank + 2 * n_state, device="cuda",
+                               generator=g).to(dtype)
+            with torch.no_grad():
+                seconds = timed(lambda x=x, proj=proj: selective_scan_2d(
+                    x, proj, *params, backend="triton"), repeats)
+            moved = (x.numel() + proj.numel()) * x.element_size() + x.numel() * 4
+            results[f"b{b} {name} ms"] = seconds * 1000
+            if b == batch:
+                results[f"b{b} {name} % copy"] = 100 * moved / seconds / 1e9 / copy_gbs
+    return results
+
+
+def bench_model(model, logits, repeats: int, reference_outputs: dict | None = None) -> dict:
+    """Latency, throughput, a bf16 training step and its peak memory of ``model``;
+    ``logits(x)`` is its forward returning logits (the same for every model compared)."""
+    from napari_vmunet.engine.cuda_graphs import GraphedForward
+    from napari_vmunet.engine.training import segmentation_loss
+
+    model = model.cuda().eval()
     results = {}
     g = torch.Generator(device="cuda").manual_seed(1)
     x1 = torch.rand(1, 3, 256, 256, device="cuda", generator=g)
     x32 = torch.rand(32, 3, 256, 256, device="cuda", generator=g)
     x8 = torch.rand(8, 3, 512, 512, device="cuda", generator=g)
     with torch.no_grad():
-        results["256² b1 fp32 ms"] = timed(lambda: model.forward_logits(x1), repeats) * 1000
-        seconds = timed(lambda: model.forward_logits(x32), repeats)
+        results["256² b1 fp32 ms"] = timed(lambda: logits(x1), repeats) * 1000
+        graphed = GraphedForward(logits)
+        results["256² b1 fp32 ms, CUDA graph"] = timed(lambda: graphed(x1), repeats) * 1000
+        seconds = timed(lambda: logits(x32), repeats)
         results["256² b32 fp32 img/s"] = 32 / seconds
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            seconds = timed(lambda: model.forward_logits(x32), repeats)
+            seconds = timed(lambda: logits(x32), repeats)
             results["256² b32 bf16 img/s"] = 32 / seconds
-            seconds = timed(lambda: model.forward_logits(x8), repeats)
+            seconds = timed(lambda: logits(x8), repeats)
             results["512² b8 bf16 img/s"] = 8 / seconds
-        out = model.forward_logits(x32[:4]).float()
-        if "out" in reference_outputs:
-            ref = reference_outputs["out"]
-            results["max |Δ logits| vs first backend"] = float((out - ref).abs().max())
-        else:
-            reference_outputs["out"] = out
+        if reference_outputs is not None:
+            out = logits(x32[:4]).float()
+            if "out" in reference_outputs:
+                ref = reference_outputs["out"]
+                results["max |Δ logits| vs first"] = float((out - ref).abs().max())
+            else:
+                reference_outputs["out"] = out
 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -128,7 +170,7 @@ def bench_model(backend: str, repeats: int, reference_outputs: dict) -> dict:
     def train_step():
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = segmentation_loss(model.forward_logits(x32).float(), labels)
+            loss = segmentation_loss(logits(x32).float(), labels)
         loss.backward()
         optimizer.step()
 
@@ -136,7 +178,64 @@ def bench_model(backend: str, repeats: int, reference_outputs: dict) -> dict:
     torch.cuda.reset_peak_memory_stats()
     results["train 256² b32 bf16 ms"] = timed(train_step, max(3, repeats // 2)) * 1000
     results["train peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
+    model.cpu()
+    torch.cuda.empty_cache()
     return results
+
+
+def ours(backend: str):
+    from napari_vmunet.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("isic")
+    model.set_scan_backend(backend)
+    return model, model.forward_logits
+
+
+def authors(repo: str, state_dict):
+    """The authors' VMUNet (their code, mamba-ssm's kernel), with our model's weights."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from authors_parity import _import_authors
+
+    model = _import_authors(Path(repo))(num_classes=1, input_channels=3, depths=[2, 2, 2, 2],
+                                        depths_decoder=[2, 2, 2, 1])
+    model.load_state_dict(state_dict)
+    # their forward ends in a sigmoid for one class; .vmunet gives the logits before it
+    return model, model.vmunet
+
+
+def nnunet_2d():
+    """nnU-Net's 2D PlainConvUNet, the 7-stage 32-512 configuration of PERF_BASELINE.md
+    (package dynamic-network-architectures)."""
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    nn = torch.nn
+    model = PlainConvUNet(3, 7, (32, 64, 128, 256, 512, 512, 512), nn.Conv2d, 3,
+                          (1, 2, 2, 2, 2, 2, 2), (2,) * 7, 1, (2,) * 6, False,
+                          nn.InstanceNorm2d, {"eps": 1e-5, "affine": True}, None, None,
+                          nn.LeakyReLU, {"inplace": True})
+    return model, model
+
+
+def profile(backend: str, rows: int = 25) -> None:
+    """The GPU kernels of one 256² batch 32 bf16 forward of our model, most time first."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model, logits = ours(backend)
+    model = model.cuda().eval()
+    x = torch.rand(32, 3, 256, 256, device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for _ in range(3):
+            logits(x)
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                logits(x)
+            torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows,
+                                    max_name_column_width=60))
+    model.cpu()
 
 
 def main(argv=None) -> int:
@@ -145,7 +244,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="triton,mamba")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--model-backends", help="backends to run our whole model with "
+                        "(default: --backends)")
     parser.add_argument("--skip-model", action="store_true")
+    parser.add_argument("--profile", action="store_true",
+                        help="print where our model's GPU time goes (256² batch 32, bf16)")
+    parser.add_argument("--authors-repo", help="a checkout of JCruan519/VM-UNet (needs "
+                        "mamba-ssm's kernel): their model in the same run")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
@@ -171,10 +276,31 @@ def main(argv=None) -> int:
     for name in backends:
         for key, value in bench_scan(name, copy_gbs, args.repeats).items():
             print(f"{name:7s} scan   {key:34s} {value:10.2f}")
-    if not args.skip_model:
-        for name in backends:
-            for key, value in bench_model(name, args.repeats, reference_outputs).items():
-                print(f"{name:7s} model  {key:34s} {value:10.4g}")
+    if "triton" in backends:
+        for key, value in bench_ss2d(copy_gbs, args.repeats).items():
+            print(f"triton  ss2d   {key:34s} {value:10.2f}")
+    if args.profile and backends:
+        profile(backends[0])
+    if args.skip_model:
+        return 0
+    model_backends = args.model_backends.split(",") if args.model_backends else backends
+    models = [(f"ours/{name}", lambda name=name: ours(name)) for name in model_backends]
+    if args.authors_repo:
+        state = ours(backends[0] if backends else "reference")[0].state_dict()
+        models.append(("authors", lambda: authors(args.authors_repo, state)))
+    try:
+        import dynamic_network_architectures  # noqa: F401
+
+        models.append(("nnU-Net", nnunet_2d))
+    except ImportError:
+        print("nnU-Net 2D: skipped (pip install dynamic-network-architectures)")
+    for label, build in models:
+        model, logits = build()
+        parameters = sum(p.numel() for p in model.parameters())
+        print(f"{label:13s} model  parameters {parameters / 1e6:.1f} M")
+        shared = reference_outputs if label != "nnU-Net" else None
+        for key, value in bench_model(model, logits, args.repeats, shared).items():
+            print(f"{label:13s} model  {key:34s} {value:10.4g}")
     return 0
 
 

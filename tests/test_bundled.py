@@ -1,6 +1,8 @@
 """The model and samples that ship in the package, and the README's demo command."""
 
 import numpy as np
+import pytest
+import torch
 
 from napari_vmunet import cli
 from napari_vmunet.bundled import SAMPLES, default_checkpoint, load_sample, sample_paths
@@ -57,3 +59,23 @@ def test_the_default_model_follows_the_voxel_size():
     assert any("voxel size is unknown" in note for note in raw.notes)
     assert dice(resampled.labels > 0, reference) > 0.9
     assert dice(resampled.labels > 0, reference) > dice(raw.labels > 0, reference) + 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_sample_head_on_the_gpu_matches_the_cpu():
+    """bf16 autocast, the fused Triton scan and batches replayed as CUDA graphs (batch size 8:
+    the sample's slices come as several batches of one shape) give the CPU's labels."""
+    from napari_vmunet.engine import Segmenter
+    from napari_vmunet.metrics import dice
+
+    head, brain = load_sample("t1-head")
+    model = load_checkpoint(default_checkpoint())
+    axis = head.geometry.axial_axis()
+    kwargs = dict(axis=axis, spacing=head.geometry.spacing_mm())
+    cpu = Segmenter(model, device="cpu", batch_size=8).segment(head.data, **kwargs)
+    gpu_segmenter = Segmenter(model, device="cuda", batch_size=8)
+    gpu = gpu_segmenter.segment(head.data, **kwargs)
+    assert len(gpu_segmenter._forward._graphs) == 1  # the full batches' shape was replayed
+    assert dice(gpu.labels > 0, cpu.labels > 0) > 0.995
+    assert dice(gpu.labels > 0, brain.data > 0) > 0.93

@@ -282,3 +282,27 @@ def test_recipes_that_keep_the_largest_region_say_what_changed(head):
     regions = ndimage.label(done.labels)[1]
     assert regions == 1
     assert any("kept the largest region" in note for note in done.notes)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_replays_give_the_eager_results(tiny_model):
+    from napari_vmunet.engine.cuda_graphs import GraphedForward
+
+    model = tiny_model.cuda().eval()
+    forward = GraphedForward(model.forward_logits)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x1, x2 = (torch.rand(2, 3, 64, 96, device="cuda", generator=g) for _ in range(2))
+    other = torch.rand(1, 3, 32, 32, device="cuda", generator=g)
+    with torch.inference_mode():
+        eager1, eager2 = model.forward_logits(x1), model.forward_logits(x2)
+        first = forward(x1)  # eager: the warm-up
+        assert not forward._graphs
+        replayed2, replayed1 = forward(x2), forward(x1)  # captured, then replayed
+        small = forward(other)  # a new shape runs eagerly
+        eager_small = model.forward_logits(other)
+    assert list(forward._graphs) == [((2, 3, 64, 96), torch.float32, x1.device, False)]
+    for got, expected in ((first, eager1), (replayed2, eager2), (replayed1, eager1),
+                          (small, eager_small)):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(replayed1, replayed2)

@@ -208,13 +208,12 @@ def test_triton_takes_half_precision_inputs(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_triton_runs_the_model_and_is_chosen_without_mamba():
+def test_triton_runs_the_model_and_is_chosen_first():
     from napari_vmunet.model import VMUNet, VMUNetConfig
 
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
-    mamba_here = scan.unavailable_reason("mamba", "cuda") is None
-    assert scan.resolve_backend("cuda") == ("mamba" if mamba_here else "triton")
+    assert scan.resolve_backend("cuda") == "triton"
     torch.manual_seed(0)
     model = VMUNet(VMUNetConfig(num_classes=1, dims=(16, 32, 64, 128))).cuda().eval()
     x = torch.rand(2, 3, 96, 128, device="cuda")
@@ -224,3 +223,100 @@ def test_triton_runs_the_model_and_is_chosen_without_mamba():
         model.set_scan_backend("reference")
         reference_out = model.forward_logits(x)
     assert relative_error(ours.cpu(), reference_out.cpu()) <= 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("batch", [1, 8])  # 1 x 1024 rows: chunked form; 8 x 1024: sequential
+def test_triton_inference_forms_match_the_reference(batch):
+    if scan.unavailable_reason("triton", "cuda"):
+        pytest.skip(scan.unavailable_reason("triton", "cuda"))
+    inputs = make_inputs(batch, 4 * 256, 300, seed=batch, device="cuda")
+    expected = reference.selective_scan(**inputs, delta_softplus=True)
+    with torch.no_grad():
+        got = scan.selective_scan(**{k: v.float() for k, v in inputs.items()},
+                                  delta_softplus=True, backend="triton")
+    assert relative_error(got, expected) <= 1e-5
+
+
+def _ss2d_inputs(batch, height, width, channels, rank, n_state, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+    k = 4
+    return dict(
+        x=randn(batch, height, width, channels),
+        x_proj_weight=randn(k, rank + 2 * n_state, channels) / channels**0.5,
+        dt_weight=randn(k, channels, rank) / rank**0.5,
+        dt_bias=randn(k, channels) * 0.5 - 2.0,
+        A=-torch.exp(randn(k, channels, n_state)),
+        D=randn(k, channels),
+    )
+
+
+def _pixel_projection(x, x_proj_weight):
+    k, c, d = x_proj_weight.shape
+    return torch.nn.functional.linear(x, x_proj_weight.reshape(k * c, d)).unflatten(-1, (k, c))
+
+
+def test_ss2d_composed_scan_is_the_authors_formulation():
+    """Projecting pixels once, then reading them in each direction's order, is the authors'
+    einsum over the four reordered copies of the image (their SS2D.forward_core)."""
+    from napari_vmunet.scan.ss2d import selective_scan_2d_composed
+
+    i = _ss2d_inputs(2, 5, 7, 8, 3, 4, seed=1)
+    b, h, w, d = i["x"].shape
+    k, length, rank, n = 4, h * w, 3, 4
+    x = i["x"].permute(0, 3, 1, 2)  # the authors' (B, D, H, W)
+    x_hwwh = torch.stack([x.reshape(b, d, length), x.transpose(2, 3).reshape(b, d, length)], 1)
+    xs = torch.cat([x_hwwh, x_hwwh.flip(-1)], dim=1)
+    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, i["x_proj_weight"])
+    dts, Bs, Cs = torch.split(x_dbl, [rank, n, n], dim=2)
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, i["dt_weight"])
+    ys = reference.selective_scan(xs.reshape(b, -1, length), dts.reshape(b, -1, length),
+                                  i["A"].reshape(-1, n), Bs, Cs, i["D"].reshape(-1),
+                                  delta_bias=i["dt_bias"].reshape(-1), delta_softplus=True)
+    ys = ys.view(b, k, d, length)
+    inv = ys[:, 2:4].flip(-1)
+    wh = ys[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
+    invwh = inv[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
+    expected = (ys[:, 0] + inv[:, 0] + wh + invwh).view(b, d, h, w).permute(0, 2, 3, 1)
+
+    got = selective_scan_2d_composed(i["x"], _pixel_projection(i["x"], i["x_proj_weight"]),
+                                     i["dt_weight"], i["dt_bias"], i["A"], i["D"],
+                                     backend="reference")
+    assert relative_error(got, expected) <= 1e-12
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("batch, height, width, channels, rank, n_state", [
+    (2, 16, 24, 96, 6, 16),   # H != W; few rows: L is scanned in segments
+    (1, 64, 64, 192, 6, 16),  # stage 0 of a 256² image at batch 1: many segments
+    (32, 16, 16, 128, 8, 16),  # enough rows: one pass over L
+    (3, 5, 9, 20, 3, 8),      # odd sizes, channels not a multiple of any block
+])
+def test_triton_fused_ss2d_matches_the_composed_scan(batch, height, width, channels, rank,
+                                                    n_state, dtype, tolerance):
+    """The fused kernel (inference) against the composed scan in float64, on fp32 and bf16
+    inputs (bf16: the float64 reference gets the same rounded inputs)."""
+    from napari_vmunet.scan import triton_ss2d
+    from napari_vmunet.scan.ss2d import selective_scan_2d_composed
+
+    if scan.unavailable_reason("triton", "cuda"):
+        pytest.skip(scan.unavailable_reason("triton", "cuda"))
+    i = _ss2d_inputs(batch, height, width, channels, rank, n_state, seed=height * width)
+    proj = _pixel_projection(i["x"], i["x_proj_weight"])
+    x, proj = i["x"].to(dtype), proj.to(dtype)
+    params = [i[name] for name in ("dt_weight", "dt_bias", "A", "D")]
+    expected = selective_scan_2d_composed(x.double(), proj.double(), *params,
+                                          backend="reference")
+    with torch.no_grad():
+        got = scan.selective_scan_2d(x.cuda(), proj.cuda(), *(p.float().cuda() for p in params),
+                                     backend="triton")
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    assert relative_error(got.cpu(), expected) <= tolerance
+    assert triton_ss2d._segments(batch, channels, height * width) >= (2 if batch < 3 else 1)

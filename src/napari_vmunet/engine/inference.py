@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..recipes import Recipe, recipe_for
+from .cuda_graphs import GraphedForward
 from .device import resolve_device
 from .postprocess import keep_largest
 from .preprocess import IntensityMap, Resize, in_plane_spacing, intensity_map, normalise
@@ -100,6 +101,8 @@ class Segmenter:
         self.batch_size = batch_size
         self.bf16 = bf16 and self.device.type == "cuda"
         self.num_classes = model.config.num_classes
+        # batches of a shape seen before replay as one CUDA graph (no-op on the CPU)
+        self._forward = GraphedForward(self.model.forward_logits, bf16=self.bf16)
 
     # -- public -----------------------------------------------------------------------------
 
@@ -240,9 +243,7 @@ class Segmenter:
                     x = torch.where(finite, x, torch.tensor(mapping.low, device=x.device))
             x = self._channels(x.permute(0, 3, 1, 2))
             x = resize.to_model(normalise(x, mapping, self.recipe))
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model.forward_logits(x)
-            logits = logits.float()
+            logits = self._forward(x).float()
 
             def probabilities(maps):
                 return torch.sigmoid(maps) if self.num_classes == 1 else torch.softmax(maps, 1)

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..scan import resolve_backend, selective_scan
+from ..scan import resolve_backend, selective_scan_2d
+from ..scan.ss2d import N_DIRECTIONS
 from .config import EXPAND, PATCH_SIZE, VMUNetConfig, dt_rank
-
-N_DIRECTIONS = 4  # row-major, column-major and both reversed
+from .fused_norm import layer_norm
 
 
 class DropPath(nn.Module):
@@ -46,7 +46,7 @@ class PatchEmbed2D(nn.Module):
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x):
-        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+        return layer_norm(self.proj(x).permute(0, 2, 3, 1), self.norm)
 
 
 class PatchMerging2D(nn.Module):
@@ -61,7 +61,7 @@ class PatchMerging2D(nn.Module):
         x = torch.cat(
             [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1
         )
-        return self.reduction(self.norm(x))
+        return self.reduction(layer_norm(x, self.norm, feeds_matmul=True))
 
 
 def _pixels_from_channels(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -82,7 +82,7 @@ class PatchExpand2D(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x):
-        return self.norm(_pixels_from_channels(self.expand(x), 2))
+        return layer_norm(_pixels_from_channels(self.expand(x), 2), self.norm)
 
 
 class FinalPatchExpand2D(nn.Module):
@@ -95,7 +95,9 @@ class FinalPatchExpand2D(nn.Module):
         self.norm = nn.LayerNorm(dim // scale)
 
     def forward(self, x):
-        return self.norm(_pixels_from_channels(self.expand(x), self.scale))
+        # feeds the 1x1 output convolution
+        x = _pixels_from_channels(self.expand(x), self.scale)
+        return layer_norm(x, self.norm, feeds_matmul=True)
 
 
 class SS2D(nn.Module):
@@ -142,42 +144,22 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def forward(self, x):
-        b, h, w, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
-        y = self._scan_2d(x)  # (B, d_inner, L) float32, row-major
-        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, -1))
-        return self.out_proj(y * F.silu(z))
-
-    def _scan_2d(self, x: torch.Tensor) -> torch.Tensor:
-        b, d, h, w = x.shape
-        length, k = h * w, N_DIRECTIONS
-        row_major = x.reshape(b, d, length)
-        col_major = x.transpose(2, 3).reshape(b, d, length)
-        xs = torch.stack([row_major, col_major], dim=1)
-        xs = torch.cat([xs, xs.flip(-1)], dim=1)  # (B, K, D, L)
-
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-
-        # The scan runs in float32 whatever the autocast dtype, as in the original.
-        ys = selective_scan(
-            xs.float().reshape(b, k * d, length),
-            dts.float().reshape(b, k * d, length),
-            -torch.exp(self.A_logs.float()),
-            Bs.float(),
-            Cs.float(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.float().reshape(-1),
-            delta_softplus=True,
+        # On the GPU the depthwise conv runs channels-last, so the scan reads its output as it
+        # is (B, H, W, D) and nothing is transposed; on the CPU the contiguous layout is faster.
+        layout = torch.channels_last if x.is_cuda else torch.contiguous_format
+        x = x.permute(0, 3, 1, 2).contiguous(memory_format=layout)
+        x = F.silu(self.conv2d(x)).permute(0, 2, 3, 1)  # (B, H, W, d_inner)
+        k, d = N_DIRECTIONS, self.d_inner
+        # x_proj for every pixel once; each direction then reads its pixels in its own order
+        proj = F.linear(x, self.x_proj_weight.reshape(-1, d)).unflatten(-1, (k, -1))
+        y = selective_scan_2d(
+            x, proj, self.dt_projs_weight, self.dt_projs_bias.view(k, d),
+            -torch.exp(self.A_logs.float()).view(k, d, -1), self.Ds.view(k, d),
             backend=self.scan_backend,
-        ).view(b, k, d, length)
-
-        flipped = ys[:, 2:4].flip(-1)
-        from_cols = ys[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, length)
-        from_cols_rev = flipped[:, 1].reshape(b, d, w, h).transpose(2, 3).reshape(b, d, length)
-        return ys[:, 0] + flipped[:, 0] + from_cols + from_cols_rev
+        )  # (B, H, W, d_inner) float32
+        # out_norm(y) * silu(z), then out_proj
+        return self.out_proj(layer_norm(y, self.out_norm, gate=z, feeds_matmul=True))
 
 
 class VSSBlock(nn.Module):
@@ -190,7 +172,8 @@ class VSSBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x):
-        return x + self.drop_path(self.self_attention(self.ln_1(x)))
+        attention_input = layer_norm(x, self.ln_1, feeds_matmul=True)  # into in_proj
+        return x + self.drop_path(self.self_attention(attention_input))
 
 
 def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:

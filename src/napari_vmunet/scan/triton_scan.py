@@ -135,6 +135,44 @@ if triton is not None:
             last = (ls == BLOCK_L - 1)[None, None, :]
             h = tl.sum(tl.where(last, states, 0.0), axis=2)
 
+    # Inference: one position after another, the (channels, N) state in registers. No
+    # log-depth scan tree, so about half the arithmetic of the chunked form; the loads of a
+    # position do not depend on the state, so many warps in flight hide their latency.
+    @triton.autotune(
+        configs=[triton.Config({"BLOCK_D": bd}, num_warps=w)
+                 for bd, w in [(4, 1), (8, 1), (8, 2), (16, 2), (16, 4), (32, 4)]],
+        key=["channels", "length", "N", "IS_BF", "GROUP_SIZE"])
+    @triton.jit
+    def _scan_fwd_sequential(
+        u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, state_ptr,
+        channels, length, GROUP_SIZE,
+        su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sb_b, sb_g, sb_n, sb_l,
+        sc_b, sc_g, sc_n, sc_l, sy_b, sy_d, sy_l,
+        n_chunks_saved,
+        N: tl.constexpr, BLOCK_D: tl.constexpr,
+        HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+        IS_BF: tl.constexpr,
+    ):
+        b, group, d, d_mask, A, Dv, bias = _program_channels(
+            A_ptr, D_ptr, bias_ptr, GROUP_SIZE, N, BLOCK_D, HAS_D, HAS_BIAS)
+        n = tl.arange(0, N)
+        h = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+        u_row = u_ptr + b * su_b + d * su_d
+        dt_row = dt_ptr + b * sdt_b + d * sdt_d
+        y_row = y_ptr + b * sy_b + d * sy_d
+        b_col = B_ptr + b * sb_b + group * sb_g + n * sb_n
+        c_col = C_ptr + b * sc_b + group * sc_g + n * sc_n
+        for l in range(0, length):
+            u = tl.load(u_row + l * su_l, mask=d_mask, other=0.0).to(tl.float32)
+            dt = tl.load(dt_row + l * sdt_l, mask=d_mask, other=0.0).to(tl.float32) + bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            Bl = tl.load(b_col + l * sb_l).to(tl.float32)
+            Cl = tl.load(c_col + l * sc_l).to(tl.float32)
+            h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bl[None, :]
+            y = tl.sum(h * Cl[None, :], axis=1) + Dv * u
+            tl.store(y_row + l * sy_l, y.to(y_ptr.dtype.element_ty), mask=d_mask)
+
     @triton.jit
     def _scan_bwd(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, state_ptr,
@@ -251,9 +289,14 @@ def _check(u, delta, A, B, C):
     return batch, channels, length, n_state, groups
 
 
+# The sequential forward needs many (batch, channel) rows to fill the GPU (each walks all of
+# L alone); below this, e.g. at batch 1, the chunked form's parallel scans are faster.
+_SEQUENTIAL_MIN_ROWS = 8192
+
+
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus):
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, delta_softplus, need_grad):
         ctx.b_shape, ctx.c_shape, ctx.a_dtype = B.shape, C.shape, A.dtype
         B, C = _grouped(B), _grouped(C)
         batch, channels, length, n_state, groups = _check(u, delta, A, B, C)
@@ -262,7 +305,6 @@ class _SelectiveScan(torch.autograd.Function):
         # States at every chunk start, for the backward pass (chunk = the smallest BLOCK_L).
         saved_block = min(c.kwargs["BLOCK_L"] for c in _CONFIGS)
         n_saved = triton.cdiv(length, saved_block)
-        need_grad = ctx.needs_input_grad[0] or any(ctx.needs_input_grad[1:7])
         states = (torch.empty(batch, channels, n_saved, n_state, device=u.device,
                               dtype=torch.float32) if need_grad else y)
         args = _forward_args(u, delta, A, B, C, D, delta_bias, y, states, channels, length,
@@ -280,6 +322,11 @@ class _SelectiveScan(torch.autograd.Function):
                 IS_BF=u.dtype == torch.bfloat16, num_warps=4)
             ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, states)
             ctx.softplus, ctx.block_l, ctx.groups = bool(delta_softplus), saved_block, groups
+        elif batch * channels >= _SEQUENTIAL_MIN_ROWS:
+            _scan_fwd_sequential[grid](*args, N=n_state, HAS_D=D is not None,
+                                       HAS_BIAS=delta_bias is not None,
+                                       SOFTPLUS=bool(delta_softplus),
+                                       IS_BF=u.dtype == torch.bfloat16)
         else:
             _scan_fwd[grid](*args, N=n_state, HAS_D=D is not None,
                             HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
@@ -316,7 +363,7 @@ class _SelectiveScan(torch.autograd.Function):
                 grad_b.reshape(ctx.b_shape).to(B.dtype) if grad_b is not None else None,
                 grad_c.reshape(ctx.c_shape).to(C.dtype) if grad_c is not None else None,
                 dD.to(D.dtype) if D is not None else None,
-                dbias.to(delta_bias.dtype) if delta_bias is not None else None, None)
+                dbias.to(delta_bias.dtype) if delta_bias is not None else None, None, None)
 
 
 def _forward_args(u, delta, A, B, C, D, delta_bias, y, states, channels, length, groups,
@@ -328,4 +375,12 @@ def _forward_args(u, delta, A, B, C, D, delta_bias, y, states, channels, length,
 
 
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    return _SelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    # Whether a graph is being recorded is only visible here (forward() runs without grad);
+    # the model's parameters require grad even under no_grad, so both are checked.
+    need_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
+    return _SelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, need_grad)
+
+
+# SS2D's four directions in one fused kernel (inference), found by napari_vmunet.scan
+from .triton_ss2d import selective_scan_2d  # noqa: E402, F401
