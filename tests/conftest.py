@@ -63,3 +63,13 @@ def _private_widget_settings(tmp_path_factory):
         return
     QSettings.setPath(QSettings.IniFormat, QSettings.UserScope,
                       str(tmp_path_factory.mktemp("settings")))
+
+
+def open_with_segment_widget(viewer, qtbot, sample: str):
+    """Open a bundled sample and dock the Segment widget on it, model loaded, on the CPU."""
+    viewer.open_sample("napari-vmunet", sample)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-vmunet", "Segment")
+    qtbot.waitUntil(lambda: widget.model is not None, timeout=60000)
+    widget.image_choice.value = sample
+    widget.device.value = "cpu"
+    return widget

@@ -8,6 +8,8 @@ import pytest
 from napari_vmunet.bundled import default_checkpoint, load_sample
 from napari_vmunet.checkpoint import file_sha256, load_checkpoint
 
+from .conftest import open_with_segment_widget
+
 CORRECTED = [4, 7, 10]  # slices of the CT crop that hold the tumour
 
 
@@ -15,11 +17,7 @@ CORRECTED = [4, 7, 10]  # slices of the CT crop that hold the tumour
 def session(make_napari_viewer, qtbot):
     """The CT sample segmented by the Segment widget, and a Fine-tune widget beside it."""
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-vmunet", "ct-lung")
-    _, segment = viewer.window.add_plugin_dock_widget("napari-vmunet", "Segment")
-    qtbot.waitUntil(lambda: segment.model is not None, timeout=60000)
-    segment.image_choice.value = "ct-lung"
-    segment.device.value = "cpu"
+    segment = open_with_segment_widget(viewer, qtbot, "ct-lung")
     segment.axis.value = 0
     segment.start()
     qtbot.waitUntil(lambda: segment.worker is None, timeout=120000)

@@ -7,16 +7,13 @@ from scipy import ndimage
 
 from napari_vmunet.bundled import load_sample
 
+from .conftest import open_with_segment_widget
+
 
 @pytest.fixture
 def widget_and_viewer(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-vmunet", "t1-head")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-vmunet", "Segment")
-    qtbot.waitUntil(lambda: widget.model is not None, timeout=60000)
-    widget.image_choice.value = "t1-head"
-    widget.device.value = "cpu"
-    return widget, viewer
+    return open_with_segment_widget(viewer, qtbot, "t1-head"), viewer
 
 
 def test_segment_the_sample_head(widget_and_viewer, qtbot):

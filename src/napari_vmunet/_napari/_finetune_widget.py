@@ -135,10 +135,8 @@ class FineTuneWidget(Container):
 
     def _disconnect(self, _obj=None) -> None:
         """The dock widget is gone: stop listening to the layers and the session."""
-        if self._labels_layer is not None:
-            for emitter in _EDIT_EVENTS:
-                getattr(self._labels_layer.events, emitter).disconnect(self._schedule_refresh)
-            self._labels_layer = None
+        self._watch_labels_layer(False)
+        self._labels_layer = None
         self.session.changed.disconnect(self._show_base)
         self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
         self.viewer.layers.events.removed.disconnect(self._refresh_layers)
@@ -155,17 +153,19 @@ class FineTuneWidget(Container):
 
     def _follow_labels_layer(self, name) -> None:
         """Listen to the paint strokes of the chosen labels layer (and only that one)."""
-        # paint: a brush/fill stroke; set_data: undo/redo (and redraws); data: a new array.
-        if self._labels_layer is not None:
-            for emitter in _EDIT_EVENTS:
-                getattr(self._labels_layer.events, emitter).disconnect(self._schedule_refresh)
+        self._watch_labels_layer(False)
         self._labels_layer = self._layer(name)
         self._added.clear()
         self._removed.clear()
+        self._watch_labels_layer(True)
+        self.refresh_slices()
+
+    def _watch_labels_layer(self, on: bool) -> None:
+        # paint: a brush/fill stroke; set_data: undo/redo (and redraws); data: a new array.
         if self._labels_layer is not None:
             for emitter in _EDIT_EVENTS:
-                getattr(self._labels_layer.events, emitter).connect(self._schedule_refresh)
-        self.refresh_slices()
+                event = getattr(self._labels_layer.events, emitter)
+                (event.connect if on else event.disconnect)(self._schedule_refresh)
 
     def _schedule_refresh(self, _event=None) -> None:
         self._refresh_timer.start()

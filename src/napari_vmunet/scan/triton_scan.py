@@ -382,5 +382,9 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Fa
     return _SelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, need_grad)
 
 
-# SS2D's four directions in one fused kernel (inference), found by napari_vmunet.scan
-from .triton_ss2d import selective_scan_2d  # noqa: E402, F401
+def selective_scan_2d(x, proj, dt_weight, dt_bias, A, D):
+    """SS2D's four directions in one fused kernel (inference): :mod:`.triton_ss2d`, which
+    builds on this module's helpers."""
+    from .triton_ss2d import selective_scan_2d as fused
+
+    return fused(x, proj, dt_weight, dt_bias, A, D)

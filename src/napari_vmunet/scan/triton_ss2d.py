@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import torch
 
+from .ss2d import N_DIRECTIONS
+
 try:
     import triton
     import triton.language as tl
 except Exception:  # the backend module reports why it is unavailable
     triton = None
-
-N_DIRECTIONS = 4
-LOG2E = 1.4426950408889634
 
 # Fewer (batch, direction, channel) rows than this leave the GPU partly idle: scan L in segments.
 _ROWS_TO_FILL_GPU = 16384
@@ -42,10 +41,7 @@ _MIN_SEGMENT = 32
 
 
 if triton is not None:
-
-    @triton.jit
-    def _softplus(x):
-        return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+    from .triton_scan import _softplus
 
     @triton.jit
     def _pixel(step, direction, height, width, length):
