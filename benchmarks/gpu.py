@@ -22,7 +22,8 @@ one the authors' code uses, when it imports), on the same GPU in the same run:
    mamba-ssm's kernel) and nnU-Net's 2D PlainConvUNet (when dynamic-network-architectures
    imports).
 
-``--profile`` prints where our model's GPU time goes (torch.profiler, 256² batch 32, bf16).
+``--profile`` prints where our model's GPU time goes (torch.profiler, 256² batch 32, bf16),
+in the forward pass and in a training step.
 Medians of ``--repeats`` timed runs after a warm-up (Triton autotunes then). Record the output
 in benchmarks/RESULTS.md with the device and versions it prints.
 """
@@ -129,6 +130,15 @@ def bench_ss2d(copy_gbs: float, repeats: int, batch: int = 32, side: int = 64,
             results[f"b{b} {name} ms"] = seconds * 1000
             if b == batch:
                 results[f"b{b} {name} % copy"] = 100 * moved / seconds / 1e9 / copy_gbs
+                # training: forward (keeping checkpoints) and the fused backward
+                inputs = [t.detach().requires_grad_() for t in (x, proj, *params)]
+                grad_y = torch.randn(x.shape, device="cuda", generator=g)
+
+                def train_step(inputs=inputs, grad_y=grad_y):
+                    y = selective_scan_2d(*inputs, backend="triton")
+                    torch.autograd.grad(y, inputs, grad_y)
+
+                results[f"b{b} {name} fwd+bwd ms"] = timed(train_step, repeats) * 1000
     return results
 
 
@@ -218,23 +228,40 @@ def nnunet_2d():
 
 
 def profile(backend: str, rows: int = 25) -> None:
-    """The GPU kernels of one 256² batch 32 bf16 forward of our model, most time first."""
+    """The GPU kernels of our model at 256² batch 32 bf16, most time first: five forwards, then
+    five training steps."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
+
+    from napari_vmunet.engine.training import segmentation_loss
 
     model, logits = ours(backend)
     model = model.cuda().eval()
     x = torch.rand(32, 3, 256, 256, device="cuda")
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        for _ in range(3):
+    labels = (torch.rand(32, 256, 256, device="cuda") > 0.5).long()
+
+    def forward():
+        with torch.no_grad():
             logits(x)
-        torch.cuda.synchronize()
-        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                logits(x)
+
+    def train_step():
+        loss = segmentation_loss(logits(x).float(), labels)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    for title, step in [("forward", forward), ("training step (no optimizer)", train_step)]:
+        model.train(step is train_step)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            for _ in range(3):
+                step()
             torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows,
-                                    max_name_column_width=60))
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    step()
+                torch.cuda.synchronize()
+        print(f"\n{title}, 5 times:")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows,
+                                        max_name_column_width=60))
     model.cpu()
 
 

@@ -152,10 +152,30 @@ def test_model_on_cuda_matches_cpu(tiny_model):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_model_gradients_on_cuda_match_cpu(tiny_model):
+    """Training on the GPU (the fused SS2D backward kernel, Triton) gives every parameter the
+    gradient the CPU computes, in float32."""
+    import copy
+
+    x = torch.randn(2, 1, 64, 96, generator=torch.Generator().manual_seed(3))
+    models = {"cpu": tiny_model.train(), "cuda": copy.deepcopy(tiny_model).cuda().train()}
+    grads = {}
+    for device, model in models.items():
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # full fp32 convs
+            model.forward_logits(x.to(device)).square().mean().backward()
+        grads[device] = {name: p.grad.cpu() for name, p in model.named_parameters()}
+    for name, expected in grads["cpu"].items():
+        got = grads["cuda"][name]
+        assert (got - expected).norm() <= 1e-4 * expected.norm() + 1e-8, name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("channels", [96, 192, 1536, 20])
 def test_fused_layer_norm_and_gate_match_pytorch_on_cuda(channels):
     """The Triton LayerNorm (inference) against nn.LayerNorm, with and without the SiLU gate
-    read from a strided half of a wider tensor (as SS2D's z), fp32 and under bf16 autocast."""
+    read from a strided half of a wider tensor (as SS2D's z), fp32 and under bf16 autocast
+    (both output dtypes)."""
     from napari_vmunet.model.fused_norm import layer_norm
 
     torch.manual_seed(channels)
@@ -171,6 +191,11 @@ def test_fused_layer_norm_and_gate_match_pytorch_on_cuda(channels):
             assert got.dtype == torch.float32
             assert (got - expected).norm() / expected.norm() <= 1e-6
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                half = layer_norm(x, norm, gate)
+                residual = layer_norm(x, norm, gate)
+                half = layer_norm(x, norm, gate, feeds_matmul=True)
+            # float32 where it becomes the residual stream (as nn.LayerNorm under autocast),
+            # bf16 where a linear layer reads it
+            assert residual.dtype == torch.float32
+            assert (residual - expected).norm() / expected.norm() <= 1e-6
             assert half.dtype == torch.bfloat16
             assert (half.float() - expected).norm() / expected.norm() <= 1e-2

@@ -320,3 +320,38 @@ def test_triton_fused_ss2d_matches_the_composed_scan(batch, height, width, chann
     assert got.dtype == torch.float32 and got.shape == x.shape
     assert relative_error(got.cpu(), expected) <= tolerance
     assert triton_ss2d._segments(batch, channels, height * width) >= (2 if batch < 3 else 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("batch, height, width, channels, rank, n_state", [
+    (2, 16, 24, 96, 6, 16),  # H != W
+    (3, 5, 9, 20, 3, 8),     # L = 45: the last checkpoint interval is short; channel tails
+    (4, 32, 32, 64, 8, 16),  # a longer walk back: 32 checkpoint intervals
+])
+def test_triton_fused_ss2d_gradients_match_the_composed_scan(batch, height, width, channels,
+                                                            rank, n_state, dtype, tolerance):
+    """The fused backward kernel: gradients of x, the pixel projections and all four
+    parameters against autograd through the composed scan in float64."""
+    from napari_vmunet.scan.ss2d import selective_scan_2d_composed
+
+    if scan.unavailable_reason("triton", "cuda"):
+        pytest.skip(scan.unavailable_reason("triton", "cuda"))
+    i = _ss2d_inputs(batch, height, width, channels, rank, n_state, seed=channels)
+    proj = _pixel_projection(i["x"], i["x_proj_weight"])
+    inputs = [i["x"].to(dtype), proj.to(dtype)] + [i[k] for k in ("dt_weight", "dt_bias", "A",
+                                                                   "D")]
+    grad_out = torch.randn(i["x"].shape, generator=torch.Generator().manual_seed(5),
+                           dtype=torch.float64)
+    exact = [t.double().requires_grad_() for t in inputs]
+    expected = torch.autograd.grad(
+        selective_scan_2d_composed(*exact, backend="reference"), exact, grad_out)
+    ours = [t.float().cuda() if t.dtype == torch.float64 else t.cuda() for t in inputs]
+    ours = [t.requires_grad_() for t in ours]
+    got = torch.autograd.grad(scan.selective_scan_2d(*ours, backend="triton"), ours,
+                              grad_out.float().cuda())
+    names = ("x", "proj", "dt_weight", "dt_bias", "A", "D")
+    for name, g, e, t in zip(names, got, expected, ours, strict=True):
+        assert g.dtype == t.dtype, name
+        assert relative_error(g.double().cpu(), e) <= tolerance, name

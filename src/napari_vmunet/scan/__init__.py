@@ -7,7 +7,7 @@ argument or the ``NAPARI_VMUNET_SCAN`` environment variable:
 - ``reference``: the plain recurrence; any device and dtype; the ground truth for tests.
 - ``cpu``: a compiled CPU kernel (numba), forward and backward.
 - ``triton``: Triton kernels for NVIDIA GPUs, forward and backward (triton ships with CUDA
-  builds of torch; nothing is compiled at install time), and a fused SS2D kernel; first on CUDA.
+  builds of torch; nothing is compiled at install time), and fused SS2D kernels; first on CUDA.
 - ``mamba``: mamba-ssm's CUDA kernel, when the optional package imports.
 
 ``selective_scan_2d`` is VM-UNet's four-direction scan of an image (:mod:`.ss2d`): composed
@@ -41,9 +41,8 @@ _REGISTRY: dict[str, ScanBackend] = {}
 # Automatic choice per device type, best first. Names not registered are skipped, so a backend
 # can be listed before it exists.
 _PREFERENCE: dict[str, list[str]] = {
-    # Ours first: with the fused SS2D kernel the model runs ~2.8x faster than on mamba-ssm's
-    # kernel at inference (benchmarks/RESULTS.md) and needs nothing compiled. (Training is
-    # still faster on mamba's backward: force it with the variable or argument.)
+    # Ours first: with the fused SS2D kernels the model runs ~2.8x faster than on mamba-ssm's
+    # kernel at inference (benchmarks/RESULTS.md) and needs nothing compiled.
     "cuda": ["triton", "mamba", "reference"],
     "cpu": ["cpu", "reference"],
 }
@@ -149,16 +148,14 @@ def selective_scan_2d(
     """SS2D's scan: the four directions of ``x`` (B, H, W, D) scanned and summed, (B, H, W, D)
     float32. Shapes of the parameters in :mod:`napari_vmunet.scan.ss2d`.
 
-    A backend's fused kernel is used for inference; when gradients are needed, the composed form
-    runs on the same backend (its 1D scan has the backward pass).
+    A backend's fused kernel (forward and backward) is used where it has one; elsewhere the
+    composed form runs on the backend's 1D scan.
     """
     from .ss2d import selective_scan_2d_composed
 
     name = resolve_backend(x.device, backend)
     fused = getattr(_load(name)[0], "selective_scan_2d", None)
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, proj, dt_weight, dt_bias, A, D))
-    if fused is not None and not needs_grad:
+    if fused is not None:
         return fused(x, proj, dt_weight, dt_bias, A, D)
     return selective_scan_2d_composed(x, proj, dt_weight, dt_bias, A, D, backend=name)
 

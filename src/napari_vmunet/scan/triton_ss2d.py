@@ -1,4 +1,4 @@
-"""SS2D's four-direction scan as one fused Triton kernel (inference).
+"""SS2D's four-direction scan as fused Triton kernels: one forward, one backward.
 
 What the composed form (:mod:`napari_vmunet.scan.ss2d`) does in many passes over
 (B, 4, D, L) tensors — building the four direction sequences, projecting dt to full width,
@@ -20,7 +20,10 @@ segments scanned in parallel: a first pass keeps each segment's end state and su
 the second starts each segment from the state the segments before it leave behind
 (h_start[s] = exp(A * sum dt[s-1]) h_start[s-1] + h_end[s-1]).
 
-Gradients are not computed here: training uses the composed form on the ``triton`` 1D scan.
+For training, the forward pass also keeps the state every ``_CHECKPOINT`` steps (L is then not
+cut in segments), and one backward kernel walks each direction back from those checkpoints
+(:func:`_ss2d_bwd`): the four directions' gradients are made and merged without the
+(B, 4, D, L) tensors of the composed form ever existing, in about half the memory.
 """
 
 from __future__ import annotations
@@ -82,15 +85,16 @@ if triton is not None:
     _CONFIGS = [triton.Config({"BLOCK_D": bd}, num_warps=w)
                 for bd, w in [(16, 1), (32, 1), (64, 2), (64, 1), (128, 4), (128, 2)]]
 
-    @triton.autotune(configs=_CONFIGS, key=["channels", "length", "n_segments", "PASS", "IS_BF"],
-                     reset_to_zero=["y_ptr"])
+    @triton.autotune(configs=_CONFIGS, reset_to_zero=["y_ptr"],
+                     key=["channels", "length", "n_segments", "PASS", "IS_BF", "CHECKPOINT"])
     @triton.jit
     def _ss2d_fwd(
         x_ptr, proj_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, y_ptr, seg_state_ptr, seg_dt_ptr,
-        height, width, channels, length, segment_length, n_segments,
+        checkpoint_ptr, height, width, channels, length, segment_length, n_segments,
         R: tl.constexpr, RP: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
         PASS: tl.constexpr,  # 0: whole L, 1: segment end states, 2: segments from those
         IS_BF: tl.constexpr,  # tuned apart (a key)
+        CHECKPOINT: tl.constexpr = 0,  # > 0 (PASS 0 only): keep the state every this many steps
     ):
         n_blocks = tl.cdiv(channels, BLOCK_D)
         direction = tl.program_id(0) // n_blocks
@@ -132,6 +136,13 @@ if triton is not None:
         # instead of once per step (which bounded the one-step loop at ~1/8 of the bandwidth).
         at = (stop, direction, height, width, length, x_base, proj_base, channels, d_mask, r, n)
         for step in range(start, stop, 4):
+            # (two ifs: the outer one is decided at compile time, so no `step % 0` is built)
+            if CHECKPOINT > 0:  # noqa: SIM102
+                if step % CHECKPOINT == 0:  # the state before this step, for the backward pass
+                    at_checkpoint = (b * 4 + direction) * tl.cdiv(length, CHECKPOINT)
+                    at_checkpoint += step // CHECKPOINT
+                    tl.store(checkpoint_ptr + (at_checkpoint * N + n[:, None]) * channels
+                             + d[None, :], h, mask=d_mask[None, :])
             i0 = _step_inputs(step, *at, R, N, PASS)
             i1 = _step_inputs(step + 1, *at, R, N, PASS)
             i2 = _step_inputs(step + 2, *at, R, N, PASS)
@@ -150,44 +161,216 @@ if triton is not None:
                      h, mask=d_mask[None, :])
 
 
+    @triton.jit
+    def _ss2d_bwd(
+        x_ptr, proj_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, dy_ptr, checkpoint_ptr, scratch_ptr,
+        dx_ptr, dproj_ptr, ddtw_ptr, dbias_ptr, dA_ptr, dD_ptr,
+        height, width, channels, length,
+        R: tl.constexpr, RP: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
+        CHECKPOINT: tl.constexpr,
+    ):
+        """Gradients of the fused scan. A program owns (batch, direction, a block of channels),
+        as in the forward pass, and walks its steps backwards one checkpoint interval at a
+        time: the interval's states are recomputed from the checkpoint into a small scratch
+        buffer (the program's own, cache-resident), then read back in reverse order while the
+        state gradient g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} is carried down.
+
+        Sums over the channels (the gradients of the pixel's B, C and low-rank dt) and over the
+        four directions (that of x) are added with atomics; those of the per-channel parameters
+        are summed in registers over the whole walk and added once."""
+        n_blocks = tl.cdiv(channels, BLOCK_D)
+        direction = tl.program_id(0) // n_blocks
+        block = tl.program_id(0) % n_blocks
+        d_local = tl.arange(0, BLOCK_D)
+        d = block * BLOCK_D + d_local
+        d_mask = d < channels
+        b = tl.program_id(1).to(tl.int64)
+        n = tl.arange(0, N)
+        r = tl.arange(0, RP)
+        kd = direction * channels + d
+        A = tl.load(A_ptr + (direction * N + n[:, None]) * channels + d[None, :],
+                    mask=d_mask[None, :], other=0.0).to(tl.float32)
+        A2 = A * 1.4426950408889634
+        Dv = tl.load(D_ptr + kd, mask=d_mask, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + kd, mask=d_mask, other=0.0).to(tl.float32)
+        w_mask = d_mask[None, :] & (r < R)[:, None]
+        dt_w = tl.load(dtw_ptr + (direction * R + r[:, None]) * channels + d[None, :],
+                       mask=w_mask, other=0.0).to(tl.float32)
+
+        run = b * 4 + direction
+        x_base = x_ptr + b * length * channels + d
+        dy_base = dy_ptr + b * length * channels + d
+        dx_base = dx_ptr + b * length * channels + d
+        proj_base = proj_ptr + (b * length * 4 + direction) * (R + 2 * N)
+        dproj_base = dproj_ptr + (b * length * 4 + direction) * (R + 2 * N)
+        n_checkpoints = tl.cdiv(length, CHECKPOINT)
+        scratch = (scratch_ptr + ((run * n_blocks + block) * CHECKPOINT * N + n[:, None]) * BLOCK_D
+                   + d_local[None, :])
+        at = (length, direction, height, width, length, x_base, proj_base, channels, d_mask, r, n)
+
+        g = tl.zeros((N, BLOCK_D), dtype=tl.float32)  # d loss / d h_t
+        decay_next = tl.zeros((N, BLOCK_D), dtype=tl.float32)  # exp(dt_{t+1} A)
+        dA_sum = tl.zeros((N, BLOCK_D), dtype=tl.float32)
+        dw_sum = tl.zeros((RP, BLOCK_D), dtype=tl.float32)
+        dbias_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dD_sum = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for c in range(0, n_checkpoints):
+            start = (n_checkpoints - 1 - c) * CHECKPOINT
+            h = tl.load(checkpoint_ptr + ((run * n_checkpoints + start // CHECKPOINT) * N
+                                          + n[:, None]) * channels + d[None, :],
+                        mask=d_mask[None, :], other=0.0)
+            for i in range(0, CHECKPOINT):
+                valid, pixel, xv, dt_low, Bv, Cv = _step_inputs(start + i, *at, R, N, 1)
+                dt = _softplus(tl.sum(dt_w * dt_low[:, None], axis=0) + bias)
+                dt = tl.where(valid, dt, 0.0)
+                h = tl.exp2(dt[None, :] * A2) * h + (dt * xv)[None, :] * Bv[:, None]
+                tl.store(scratch + i * N * BLOCK_D, h)
+            tl.debug_barrier()  # the states are read back below
+            for j in range(0, CHECKPOINT):
+                i = CHECKPOINT - 1 - j
+                valid, pixel, xv, dt_low, Bv, Cv = _step_inputs(start + i, *at, R, N, 0)
+                raw = tl.sum(dt_w * dt_low[:, None], axis=0) + bias
+                dt = tl.where(valid, _softplus(raw), 0.0)
+                decay = tl.exp2(dt[None, :] * A2)
+                h = tl.load(scratch + i * N * BLOCK_D)
+                dy = tl.load(dy_base + pixel * channels, mask=d_mask & valid, other=0.0)
+                g = Cv[:, None] * dy[None, :] + decay_next * g
+                decayed_prev = h - (dt * xv)[None, :] * Bv[:, None]  # exp(dt_t A) h_{t-1}
+                g_b = tl.sum(g * Bv[:, None], axis=0)
+                dx = g_b * dt + Dv * dy
+                ddt = tl.sum(g * A * decayed_prev, axis=0) + g_b * xv
+                draw = tl.where(valid & d_mask, ddt * tl.sigmoid(raw), 0.0)
+                at_pixel = dproj_base + pixel * (4 * (R + 2 * N))
+                tl.atomic_add(dx_base + pixel * channels, dx, mask=d_mask & valid, sem="relaxed")
+                tl.atomic_add(at_pixel + r, tl.sum(dt_w * draw[None, :], axis=1),
+                              mask=(r < R) & valid, sem="relaxed")
+                tl.atomic_add(at_pixel + R + n, tl.sum(g * (dt * xv)[None, :], axis=1),
+                              mask=valid, sem="relaxed")
+                tl.atomic_add(at_pixel + R + N + n, tl.sum(h * dy[None, :], axis=1),
+                              mask=valid, sem="relaxed")
+                dA_sum += g * decayed_prev * dt[None, :]
+                dw_sum += dt_low[:, None] * draw[None, :]
+                dbias_sum += draw
+                dD_sum += dy * xv
+                decay_next = decay
+            tl.debug_barrier()  # the scratch is written again by the next interval
+        tl.atomic_add(dA_ptr + (direction * N + n[:, None]) * channels + d[None, :], dA_sum,
+                      mask=d_mask[None, :], sem="relaxed")
+        tl.atomic_add(ddtw_ptr + (direction * R + r[:, None]) * channels + d[None, :], dw_sum,
+                      mask=w_mask, sem="relaxed")
+        tl.atomic_add(dbias_ptr + kd, dbias_sum, mask=d_mask, sem="relaxed")
+        tl.atomic_add(dD_ptr + kd, dD_sum, mask=d_mask, sem="relaxed")
+
+
 def _segments(batch: int, channels: int, length: int) -> int:
     rows = batch * N_DIRECTIONS * channels
     wanted = -(-_ROWS_TO_FILL_GPU // rows)
     return max(1, min(wanted, length // _MIN_SEGMENT))
 
 
-def selective_scan_2d(x, proj, dt_weight, dt_bias, A, D):
-    """Fused SS2D scan (no autograd); shapes as :func:`napari_vmunet.scan.selective_scan_2d`."""
-    batch, height, width, channels = x.shape
+def _check(x, proj, dt_weight, A):
+    batch, height, width, _ = x.shape
     rank, n_state = dt_weight.shape[2], A.shape[2]
     if proj.shape != (batch, height, width, N_DIRECTIONS, rank + 2 * n_state):
         raise ValueError(f"proj has shape {tuple(proj.shape)}, expected "
                          f"{(batch, height, width, N_DIRECTIONS, rank + 2 * n_state)}")
     if n_state & (n_state - 1) or n_state > 64:
         raise ValueError(f"the triton scan takes N a power of two up to 64, got {n_state}")
-    x, proj = x.contiguous(), proj.contiguous()
-    params = [dt_weight.transpose(1, 2).contiguous(), dt_bias.contiguous(),
-              A.transpose(1, 2).contiguous(), D.contiguous()]
+
+
+def _kernel_params(dt_weight, dt_bias, A, D):
+    # dt_weight and A channels last: (K, R, D) and (K, N, D)
+    return [dt_weight.transpose(1, 2).contiguous(), dt_bias.contiguous(),
+            A.transpose(1, 2).contiguous(), D.contiguous()]
+
+
+def _meta(x, dt_weight, A):
+    rank = dt_weight.shape[2]
+    return dict(R=rank, RP=triton.next_power_of_2(rank), N=A.shape[2],
+                IS_BF=x.dtype == torch.bfloat16)
+
+
+def _forward(x, proj, dt_weight, dt_bias, A, D, checkpoint_every=0):
+    """The fused scan; with ``checkpoint_every`` also the states every that many steps
+    (B * 4, L / checkpoint_every, N, D) for the backward pass (then L is not cut in segments)."""
+    batch, height, width, channels = x.shape
+    n_state = A.shape[2]
     length = height * width
     y = torch.zeros(batch, height, width, channels, device=x.device, dtype=torch.float32)
-    n_segments = _segments(batch, channels, length)
+    n_segments = 1 if checkpoint_every else _segments(batch, channels, length)
     segment_length = -(-length // n_segments)
     n_segments = -(-length // segment_length)
+    seg_state = seg_dt = checkpoints = y
     if n_segments > 1:
         runs = batch * N_DIRECTIONS * n_segments
         seg_state = torch.empty(runs, n_state, channels, device=x.device, dtype=torch.float32)
         seg_dt = torch.empty(runs, channels, device=x.device, dtype=torch.float32)
-    else:
-        seg_state = seg_dt = y
-    meta = dict(R=rank, RP=triton.next_power_of_2(rank), N=n_state,
-                IS_BF=x.dtype == torch.bfloat16)
-    args = (x, proj, *params, y, seg_state, seg_dt, height, width, channels, length,
-            segment_length, n_segments)
+    if checkpoint_every:
+        checkpoints = torch.empty(batch * N_DIRECTIONS, -(-length // checkpoint_every), n_state,
+                                  channels, device=x.device, dtype=torch.float32)
+    args = (x, proj, *_kernel_params(dt_weight, dt_bias, A, D), y, seg_state, seg_dt,
+            checkpoints, height, width, channels, length, segment_length, n_segments)
 
     def grid(m):
         return (N_DIRECTIONS * triton.cdiv(channels, m["BLOCK_D"]), n_segments, batch)
 
+    meta = _meta(x, dt_weight, A)
     if n_segments > 1:
         _ss2d_fwd[grid](*args, PASS=1, **meta)
-    _ss2d_fwd[grid](*args, PASS=2 if n_segments > 1 else 0, **meta)
-    return y
+    _ss2d_fwd[grid](*args, PASS=2 if n_segments > 1 else 0, CHECKPOINT=checkpoint_every,
+                    **meta)
+    return y, checkpoints
+
+
+# Steps between the states the forward pass keeps for the backward (a multiple of 4, the
+# forward's unrolling): fewer steps cost memory (B*4*L/CHECKPOINT states of N x D floats,
+# 200 MB for a 256² batch of 32 at stage 0), more cost scratch per backward program
+# ((CHECKPOINT, N, BLOCK_D) floats, which should stay in L2). Measured on an H100 at that shape
+# (benchmarks/RESULTS.md): 16 channels a program, one warp, 32 steps.
+_CHECKPOINT = 32
+_BWD_BLOCK_D = 16
+_BWD_WARPS = 1
+
+
+class _FusedSS2D(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, proj, dt_weight, dt_bias, A, D):
+        x, proj = x.contiguous(), proj.contiguous()
+        y, checkpoints = _forward(x, proj, dt_weight, dt_bias, A, D, _CHECKPOINT)
+        ctx.save_for_backward(x, proj, dt_weight, dt_bias, A, D, checkpoints)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, proj, dt_weight, dt_bias, A, D, checkpoints = ctx.saved_tensors
+        batch, height, width, channels = x.shape
+        f32 = {"device": x.device, "dtype": torch.float32}
+        dx = torch.zeros(x.shape, **f32)
+        dproj = torch.zeros(proj.shape, **f32)
+        # the parameters' gradients in the kernel's (channels-last) layout
+        ddtw = torch.zeros(dt_weight.transpose(1, 2).shape, **f32)
+        dA = torch.zeros(A.transpose(1, 2).shape, **f32)
+        dbias, dD = torch.zeros(dt_bias.shape, **f32), torch.zeros(D.shape, **f32)
+        n_blocks = triton.cdiv(channels, _BWD_BLOCK_D)
+        scratch = torch.empty(batch * N_DIRECTIONS * n_blocks, _CHECKPOINT, A.shape[2],
+                              _BWD_BLOCK_D, **f32)
+        meta = _meta(x, dt_weight, A)
+        meta.pop("IS_BF")
+        _ss2d_bwd[(N_DIRECTIONS * n_blocks, batch)](
+            x, proj, *_kernel_params(dt_weight, dt_bias, A, D), dy.float().contiguous(),
+            checkpoints, scratch, dx, dproj, ddtw, dbias, dA, dD,
+            height, width, channels, height * width,
+            BLOCK_D=_BWD_BLOCK_D, CHECKPOINT=_CHECKPOINT, num_warps=_BWD_WARPS, **meta)
+        return (dx.to(x.dtype), dproj.to(proj.dtype),
+                ddtw.transpose(1, 2).to(dt_weight.dtype), dbias.to(dt_bias.dtype),
+                dA.transpose(1, 2).to(A.dtype), dD.to(D.dtype))
+
+
+def selective_scan_2d(x, proj, dt_weight, dt_bias, A, D):
+    """Fused SS2D scan; shapes as :func:`napari_vmunet.scan.selective_scan_2d`. With gradients
+    when any input needs them."""
+    _check(x, proj, dt_weight, A)
+    if torch.is_grad_enabled() and any(
+            t.requires_grad for t in (x, proj, dt_weight, dt_bias, A, D)):
+        return _FusedSS2D.apply(x, proj, dt_weight, dt_bias, A, D)
+    return _forward(x.contiguous(), proj.contiguous(), dt_weight, dt_bias, A, D)[0]
