@@ -158,15 +158,17 @@ def test_model_gradients_on_cuda_match_cpu(tiny_model):
     import copy
 
     x = torch.randn(2, 1, 64, 96, generator=torch.Generator().manual_seed(3))
-    models = {"cpu": tiny_model.train(), "cuda": copy.deepcopy(tiny_model).cuda().train()}
+    # eval(): no random drop path, so both devices compute the same function (gradients flow
+    # all the same)
+    models = {"cpu": tiny_model.eval(), "cuda": copy.deepcopy(tiny_model).cuda().eval()}
     grads = {}
     for device, model in models.items():
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # full fp32 convs
             model.forward_logits(x.to(device)).square().mean().backward()
         grads[device] = {name: p.grad.cpu() for name, p in model.named_parameters()}
     for name, expected in grads["cpu"].items():
-        got = grads["cuda"][name]
-        assert (got - expected).norm() <= 1e-4 * expected.norm() + 1e-8, name
+        error = float((grads["cuda"][name] - expected).norm() / (expected.norm() + 1e-12))
+        assert error <= 1e-4, f"{name}: relative error {error:.1e}"
 
 
 @pytest.mark.gpu
