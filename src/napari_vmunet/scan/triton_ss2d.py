@@ -15,9 +15,9 @@ one kernel that reads the image where it lies:
   atomics: the four directions are summed without being stored apart.
 
 A program walks its pixels one after another (no log-depth scan tree: the least arithmetic).
-When batch x directions x channels is too small to fill the GPU (batch 1), L is cut into
-segments scanned in parallel: a first pass keeps each segment's end state and summed dt, and
-the second starts each segment from the state the segments before it leave behind
+When batch x directions x channels is too small to fill the GPU (batches below 32 at 256²),
+L is cut into segments scanned in parallel: a first pass keeps each segment's end state and
+summed dt, and the second starts each segment from the state the segments before it leave behind
 (h_start[s] = exp(A * sum dt[s-1]) h_start[s-1] + h_end[s-1]).
 
 For training, the forward pass also keeps the state every ``_CHECKPOINT`` steps (L is then not
@@ -38,9 +38,15 @@ try:
 except Exception:  # the backend module reports why it is unavailable
     triton = None
 
-# Fewer (batch, direction, channel) rows than this leave the GPU partly idle: scan L in segments.
-_ROWS_TO_FILL_GPU = 16384
-_MIN_SEGMENT = 32
+# How L is cut into segments (measured on an H100, benchmarks/RESULTS.md): with fewer
+# (batch, direction, channel) rows than _ROWS_TO_FILL_GPU (a 256² batch of 32 at stage 0) one
+# program per row walks too long a chain alone, and cutting L until rows x segments reaches
+# _SEGMENT_ROWS pays for the second pass many times over (1.7-2.3x at batch 8 and 16);
+# segments shorter than _MIN_SEGMENT steps, or more than _MAX_SEGMENTS, gain nothing more.
+_ROWS_TO_FILL_GPU = 24576
+_SEGMENT_ROWS = 196608
+_MIN_SEGMENT = 128
+_MAX_SEGMENTS = 64
 
 
 if triton is not None:
@@ -264,8 +270,10 @@ if triton is not None:
 
 def _segments(batch: int, channels: int, length: int) -> int:
     rows = batch * N_DIRECTIONS * channels
-    wanted = -(-_ROWS_TO_FILL_GPU // rows)
-    return max(1, min(wanted, length // _MIN_SEGMENT))
+    if rows >= _ROWS_TO_FILL_GPU:
+        return 1
+    wanted = -(-_SEGMENT_ROWS // rows)
+    return max(1, min(wanted, _MAX_SEGMENTS, length // _MIN_SEGMENT))
 
 
 def _check(x, proj, dt_weight, A):
