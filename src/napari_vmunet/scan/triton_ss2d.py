@@ -29,6 +29,7 @@ cut in segments), and one backward kernel walks each direction back from those c
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .ss2d import N_DIRECTIONS
 
@@ -349,6 +350,7 @@ class _FusedSS2D(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # a clear error for double backward, which the kernel does not do
     def backward(ctx, dy):
         x, proj, dt_weight, dt_bias, A, D, checkpoints = ctx.saved_tensors
         batch, height, width, channels = x.shape
