@@ -13,7 +13,8 @@ one the authors' code uses, when it imports), on the same GPU in the same run:
    x 192 channels, L = 4096, N = 16, B/C grouped by direction): forward in fp32 and with bf16
    inputs, and forward + backward, with the bytes the forward must move and the bandwidth it
    reaches against a plain device-to-device copy measured here; and ``triton``'s fused
-   four-direction kernel (``selective_scan_2d``) at the same shape, batch 32 and 1;
+   four-direction kernel (``selective_scan_2d``) at the same shape, batch 32 and 1, and its
+   forward + backward (the training path) at batch 32;
 2. the released configuration (config B, ``isic``, 27.4 M parameters): 256² batch 1 latency
    (fp32; eager, and replayed as a CUDA graph), 256² batch 32 throughput in fp32 and bf16
    autocast, 512² batch 8 (bf16), and a training step at 256² batch 32 in bf16 (AdamW,

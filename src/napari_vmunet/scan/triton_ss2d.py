@@ -167,7 +167,6 @@ if triton is not None:
             tl.store(seg_state_ptr + ((seg + segment) * N + n[:, None]) * channels + d[None, :],
                      h, mask=d_mask[None, :])
 
-
     @triton.jit
     def _ss2d_bwd(
         x_ptr, proj_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, dy_ptr, checkpoint_ptr, scratch_ptr,
