@@ -276,7 +276,8 @@ def main(argv=None) -> int:
                         "(default: --backends)")
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--profile", action="store_true",
-                        help="print where our model's GPU time goes (256² batch 32, bf16)")
+                        help="print where our model's GPU time goes (256² batch 32, bf16: "
+                        "forward and training step)")
     parser.add_argument("--authors-repo", help="a checkout of JCruan519/VM-UNet (needs "
                         "mamba-ssm's kernel): their model in the same run")
     args = parser.parse_args(argv)

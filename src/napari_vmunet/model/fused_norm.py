@@ -66,9 +66,7 @@ def layer_norm(x: torch.Tensor, norm: nn.LayerNorm, gate: torch.Tensor | None = 
         y = norm(x)
         return y * F.silu(gate) if gate is not None else y
     channels = x.shape[-1]
-    rows_in = x.reshape(-1, channels)
-    if not rows_in.is_contiguous():
-        rows_in = rows_in.contiguous()
+    rows_in = x.reshape(-1, channels).contiguous()
     out_dtype = x.dtype
     if torch.is_autocast_enabled(x.device.type):
         out_dtype = torch.get_autocast_dtype(x.device.type) if feeds_matmul else torch.float32

@@ -48,7 +48,7 @@ def _scan_dtype(t: torch.Tensor) -> torch.Tensor:
 
 def selective_scan_2d_composed(x, proj, dt_weight, dt_bias, A, D, *, backend=None):
     """The four directions as tensors, one 1D scan call on ``backend``, the merge: the ground
-    truth for fused kernels, and what runs on backends that have none (and for training)."""
+    truth for fused kernels, and what runs on backends that have none."""
     from . import selective_scan
 
     b, h, w, d = x.shape

@@ -74,12 +74,23 @@ if triton is not None:
         return valid, pixel, xv, dt_low, Bv, Cv
 
     @triton.jit
+    def _dt(valid, dt_low, dt_w, bias):
+        """Each channel's dt = softplus(dt_weight @ dt_low + bias) at a step, and the argument
+        of the softplus; dt is 0 past the end (decay 1, input 0: the state carries)."""
+        raw = tl.sum(dt_w * dt_low[:, None], axis=0) + bias
+        return raw, tl.where(valid, _softplus(raw), 0.0)
+
+    @triton.jit
+    def _next_state(h, dt, xv, Bv, A2):
+        """h_t = exp(dt A) h_{t-1} + dt x B (A2: A times log2 e)."""
+        return tl.exp2(dt[None, :] * A2) * h + (dt * xv)[None, :] * Bv[:, None]
+
+    @triton.jit
     def _advance(h, dt_total, valid, pixel, xv, dt_low, Bv, Cv, dt_w, bias, A, Dv, y_base,
                  channels, d_mask, PASS: tl.constexpr):
         """One step of the recurrence; adds its output to the pixel (except in pass 1)."""
-        dt = _softplus(tl.sum(dt_w * dt_low[:, None], axis=0) + bias)
-        dt = tl.where(valid, dt, 0.0)  # past the end: decay 1, input 0, the state carries
-        h = tl.exp2(dt[None, :] * A) * h + (dt * xv)[None, :] * Bv[:, None]
+        dt = _dt(valid, dt_low, dt_w, bias)[1]
+        h = _next_state(h, dt, xv, Bv, A)
         if PASS == 1:
             dt_total += dt
         else:
@@ -87,8 +98,8 @@ if triton is not None:
             tl.atomic_add(y_base + pixel * channels, y, mask=d_mask & valid, sem="relaxed")
         return h, dt_total
 
-    # Tensors are (states, channels): a thread owns a channel and all its N states, so the sums
-    # over states stay in the thread and a step's output is one coalesced row of channels.
+    # Tensors are (states, channels), channels along the threads: a step's output is one
+    # coalesced row of channels.
     _CONFIGS = [triton.Config({"BLOCK_D": bd}, num_warps=w)
                 for bd, w in [(16, 1), (32, 1), (64, 2), (64, 1), (128, 4), (128, 2)]]
 
@@ -227,16 +238,14 @@ if triton is not None:
                         mask=d_mask[None, :], other=0.0)
             for i in range(0, CHECKPOINT):
                 valid, pixel, xv, dt_low, Bv, Cv = _step_inputs(start + i, *at, R, N, 1)
-                dt = _softplus(tl.sum(dt_w * dt_low[:, None], axis=0) + bias)
-                dt = tl.where(valid, dt, 0.0)
-                h = tl.exp2(dt[None, :] * A2) * h + (dt * xv)[None, :] * Bv[:, None]
+                dt = _dt(valid, dt_low, dt_w, bias)[1]
+                h = _next_state(h, dt, xv, Bv, A2)
                 tl.store(scratch + i * N * BLOCK_D, h)
             tl.debug_barrier()  # the states are read back below
             for j in range(0, CHECKPOINT):
                 i = CHECKPOINT - 1 - j
                 valid, pixel, xv, dt_low, Bv, Cv = _step_inputs(start + i, *at, R, N, 0)
-                raw = tl.sum(dt_w * dt_low[:, None], axis=0) + bias
-                dt = tl.where(valid, _softplus(raw), 0.0)
+                raw, dt = _dt(valid, dt_low, dt_w, bias)
                 decay = tl.exp2(dt[None, :] * A2)
                 h = tl.load(scratch + i * N * BLOCK_D)
                 dy = tl.load(dy_base + pixel * channels, mask=d_mask & valid, other=0.0)
@@ -287,22 +296,24 @@ def _check(x, proj, dt_weight, A):
 
 
 def _kernel_params(dt_weight, dt_bias, A, D):
-    # dt_weight and A channels last: (K, R, D) and (K, N, D)
-    return [dt_weight.transpose(1, 2).contiguous(), dt_bias.contiguous(),
-            A.transpose(1, 2).contiguous(), D.contiguous()]
+    """The parameters as the kernels read them: dt_weight and A channels last, (K, R, D) and
+    (K, N, D); dt_bias and D (K, D)."""
+    return (dt_weight.transpose(1, 2).contiguous(), dt_bias.contiguous(),
+            A.transpose(1, 2).contiguous(), D.contiguous())
 
 
-def _meta(x, dt_weight, A):
-    rank = dt_weight.shape[2]
-    return dict(R=rank, RP=triton.next_power_of_2(rank), N=A.shape[2],
-                IS_BF=x.dtype == torch.bfloat16)
+def _sizes(params):
+    """The kernels' R, RP (R rounded up to a power of two) and N, from _kernel_params."""
+    rank, n_state = params[0].shape[1], params[2].shape[1]
+    return dict(R=rank, RP=triton.next_power_of_2(rank), N=n_state)
 
 
-def _forward(x, proj, dt_weight, dt_bias, A, D, checkpoint_every=0):
-    """The fused scan; with ``checkpoint_every`` also the states every that many steps
-    (B * 4, L / checkpoint_every, N, D) for the backward pass (then L is not cut in segments)."""
+def _forward(x, proj, params, checkpoint_every=0):
+    """The fused scan (``params`` from _kernel_params); with ``checkpoint_every`` also the
+    states every that many steps (B * 4, L / checkpoint_every, N, D) for the backward pass
+    (then L is not cut in segments)."""
     batch, height, width, channels = x.shape
-    n_state = A.shape[2]
+    n_state = params[2].shape[1]
     length = height * width
     y = torch.zeros(batch, height, width, channels, device=x.device, dtype=torch.float32)
     n_segments = 1 if checkpoint_every else _segments(batch, channels, length)
@@ -316,13 +327,13 @@ def _forward(x, proj, dt_weight, dt_bias, A, D, checkpoint_every=0):
     if checkpoint_every:
         checkpoints = torch.empty(batch * N_DIRECTIONS, -(-length // checkpoint_every), n_state,
                                   channels, device=x.device, dtype=torch.float32)
-    args = (x, proj, *_kernel_params(dt_weight, dt_bias, A, D), y, seg_state, seg_dt,
-            checkpoints, height, width, channels, length, segment_length, n_segments)
+    args = (x, proj, *params, y, seg_state, seg_dt, checkpoints, height, width, channels,
+            length, segment_length, n_segments)
 
     def grid(m):
         return (N_DIRECTIONS * triton.cdiv(channels, m["BLOCK_D"]), n_segments, batch)
 
-    meta = _meta(x, dt_weight, A)
+    meta = dict(_sizes(params), IS_BF=x.dtype == torch.bfloat16)
     if n_segments > 1:
         _ss2d_fwd[grid](*args, PASS=1, **meta)
     _ss2d_fwd[grid](*args, PASS=2 if n_segments > 1 else 0, CHECKPOINT=checkpoint_every,
@@ -344,35 +355,32 @@ class _FusedSS2D(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, proj, dt_weight, dt_bias, A, D):
         x, proj = x.contiguous(), proj.contiguous()
-        y, checkpoints = _forward(x, proj, dt_weight, dt_bias, A, D, _CHECKPOINT)
-        ctx.save_for_backward(x, proj, dt_weight, dt_bias, A, D, checkpoints)
+        params = _kernel_params(dt_weight, dt_bias, A, D)
+        y, checkpoints = _forward(x, proj, params, _CHECKPOINT)
+        ctx.save_for_backward(x, proj, *params, checkpoints)
         return y
 
     @staticmethod
     @once_differentiable  # a clear error for double backward, which the kernel does not do
     def backward(ctx, dy):
-        x, proj, dt_weight, dt_bias, A, D, checkpoints = ctx.saved_tensors
+        x, proj, *params, checkpoints = ctx.saved_tensors
         batch, height, width, channels = x.shape
         f32 = {"device": x.device, "dtype": torch.float32}
         dx = torch.zeros(x.shape, **f32)
         dproj = torch.zeros(proj.shape, **f32)
-        # the parameters' gradients in the kernel's (channels-last) layout
-        ddtw = torch.zeros(dt_weight.transpose(1, 2).shape, **f32)
-        dA = torch.zeros(A.transpose(1, 2).shape, **f32)
-        dbias, dD = torch.zeros(dt_bias.shape, **f32), torch.zeros(D.shape, **f32)
+        # the parameters' gradients in the kernels' layout: dt_weight's and A's channels last
+        grads = [torch.zeros(p.shape, **f32) for p in params]
+        sizes = _sizes(params)
         n_blocks = triton.cdiv(channels, _BWD_BLOCK_D)
-        scratch = torch.empty(batch * N_DIRECTIONS * n_blocks, _CHECKPOINT, A.shape[2],
+        scratch = torch.empty(batch * N_DIRECTIONS * n_blocks, _CHECKPOINT, sizes["N"],
                               _BWD_BLOCK_D, **f32)
-        meta = _meta(x, dt_weight, A)
-        meta.pop("IS_BF")
         _ss2d_bwd[(N_DIRECTIONS * n_blocks, batch)](
-            x, proj, *_kernel_params(dt_weight, dt_bias, A, D), dy.float().contiguous(),
-            checkpoints, scratch, dx, dproj, ddtw, dbias, dA, dD,
+            x, proj, *params, dy.float().contiguous(), checkpoints, scratch, dx, dproj, *grads,
             height, width, channels, height * width,
-            BLOCK_D=_BWD_BLOCK_D, CHECKPOINT=_CHECKPOINT, num_warps=_BWD_WARPS, **meta)
-        return (dx.to(x.dtype), dproj.to(proj.dtype),
-                ddtw.transpose(1, 2).to(dt_weight.dtype), dbias.to(dt_bias.dtype),
-                dA.transpose(1, 2).to(A.dtype), dD.to(D.dtype))
+            BLOCK_D=_BWD_BLOCK_D, CHECKPOINT=_CHECKPOINT, num_warps=_BWD_WARPS, **sizes)
+        ddtw, dbias, dA, dD = (g.to(p.dtype) for g, p in zip(grads, params, strict=True))
+        return (dx.to(x.dtype), dproj.to(proj.dtype), ddtw.transpose(1, 2), dbias,
+                dA.transpose(1, 2), dD)
 
 
 def selective_scan_2d(x, proj, dt_weight, dt_bias, A, D):
@@ -382,4 +390,5 @@ def selective_scan_2d(x, proj, dt_weight, dt_bias, A, D):
     if torch.is_grad_enabled() and any(
             t.requires_grad for t in (x, proj, dt_weight, dt_bias, A, D)):
         return _FusedSS2D.apply(x, proj, dt_weight, dt_bias, A, D)
-    return _forward(x.contiguous(), proj.contiguous(), dt_weight, dt_bias, A, D)[0]
+    params = _kernel_params(dt_weight, dt_bias, A, D)
+    return _forward(x.contiguous(), proj.contiguous(), params)[0]
