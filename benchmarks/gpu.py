@@ -17,7 +17,9 @@ one the authors' code uses, when it imports), on the same GPU in the same run:
    forward + backward (the training path) at batch 32;
 2. the released configuration (config B, ``isic``, 27.4 M parameters): 256² batch 1 latency
    (fp32; eager, and replayed as a CUDA graph), 256² batch 32 throughput in fp32 and bf16
-   autocast, 512² batch 8 (bf16), and a training step at 256² batch 32 in bf16 (AdamW,
+   autocast (eager, and replayed as a CUDA graph as the Segmenter runs it: eager timings
+   include the host's launch overhead, ~10-20 ms a forward pass of ours depending on the CPU),
+   512² batch 8 (bf16), and a training step at 256² batch 32 in bf16 (AdamW,
    BCE + Dice) with its peak memory; outputs of every backend compared with the first one's.
    The same for the authors' model (``--authors-repo``, with the same weights; needs
    mamba-ssm's kernel) and nnU-Net's 2D PlainConvUNet (when dynamic-network-architectures
@@ -161,11 +163,21 @@ def bench_model(model, logits, repeats: int, reference_outputs: dict | None = No
         results["256² b1 fp32 ms, CUDA graph"] = timed(lambda: graphed(x1), repeats) * 1000
         seconds = timed(lambda: logits(x32), repeats)
         results["256² b32 fp32 img/s"] = 32 / seconds
+        results["256² b32 fp32 img/s, CUDA graph"] = 32 / timed(lambda: graphed(x32), repeats)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             seconds = timed(lambda: logits(x32), repeats)
             results["256² b32 bf16 img/s"] = 32 / seconds
             seconds = timed(lambda: logits(x8), repeats)
             results["512² b8 bf16 img/s"] = 8 / seconds
+        # as the Segmenter runs batches: bf16, replayed as a CUDA graph (no launch overhead)
+        graphed_bf16 = GraphedForward(logits, bf16=True)
+        try:
+            seconds = timed(lambda: graphed_bf16(x32), repeats)
+            results["256² b32 bf16 img/s, CUDA graph"] = 32 / seconds
+        except RuntimeError as error:  # a model whose kernels cannot be captured
+            print(f"  (no CUDA graph: {error})")
+        graphed = graphed_bf16 = None  # their graphs hold memory the training step must not see
+        torch.cuda.empty_cache()
         if reference_outputs is not None:
             out = logits(x32[:4]).float()
             if "out" in reference_outputs:

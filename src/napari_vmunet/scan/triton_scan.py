@@ -31,13 +31,15 @@ import torch
 try:
     import triton
     import triton.language as tl
-except Exception:  # not installed, or broken: unavailable_reason() says so
+    from triton.language.extra.cuda import libdevice
+except Exception:  # not installed, too old, or broken: unavailable_reason() says so
     triton = None
 
 
 def unavailable_reason() -> str | None:
     if triton is None:
-        return "triton is not importable (pip install triton; it comes with CUDA builds of torch)"
+        return ("triton 3.0 or newer is not importable (pip install triton; it comes with CUDA "
+                "builds of torch)")
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible"
     major, _ = torch.cuda.get_device_capability()
@@ -55,8 +57,14 @@ if triton is not None:
 
     @triton.jit
     def _softplus(x):
-        # log(1 + e^x), exact for large x (as torch's, which switches at 20)
-        return tl.where(x > 20.0, x, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))))
+        # log(1 + e^x) = max(x, 0) + log1p(u), u = e^-|x| in (0, 1]: in a dozen instructions
+        # instead of the ~30 of an exact logf (dt is made at every step of every channel).
+        # log1p(u) is a 5-term series below u = 1/16 (error < u^6/6: 2e-7 relative), above it
+        # the hardware log2 (absolute error 2^-22.6 near 1: < 2e-6 relative).
+        u = tl.exp2(tl.abs(x) * -1.4426950408889634)
+        series = u * (1.0 + u * (-0.5 + u * (0.3333333333 + u * (-0.25 + u * 0.2))))
+        log1p = tl.where(u < 0.0625, series, libdevice.fast_log2f(1.0 + u) * 0.6931471805599453)
+        return tl.maximum(x, 0.0) + log1p
 
     @triton.jit
     def _program_channels(A_ptr, D_ptr, bias_ptr, GROUP_SIZE, N: tl.constexpr,

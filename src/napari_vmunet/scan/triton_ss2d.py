@@ -55,17 +55,45 @@ if triton is not None:
 
     @triton.jit
     def _pixel(step, direction, height, width, length):
-        """Row-major index of the pixel a direction reads at ``step``."""
+        """Row-major index of the pixel a direction reads at ``step`` (a division: used where a
+        walk starts, then :func:`_next_pixel` and :func:`_previous_pixel` step along)."""
         step = tl.where(direction >= 2, length - 1 - step, step)
         return tl.where(direction % 2 == 1, (step % height) * width + step // height, step)
 
     @triton.jit
-    def _step_inputs(step, stop, direction, height, width, length, x_base, proj_base, channels,
-                     d_mask, r, n, R: tl.constexpr, N: tl.constexpr, PASS: tl.constexpr):
-        """What step ``step`` reads: its pixel, x there, and the low-rank dt, B and C of this
-        direction there (zeros past ``stop``)."""
-        valid = step < stop
-        pixel = _pixel(step, direction, height, width, length)
+    def _walk(step, direction, height, width):
+        """How a direction steps through the image from ``step`` on: where it is along its
+        inner line (a row, or a column for the transposed directions), the line's length, the
+        stride along it and the jump from a line's end to the next line's start."""
+        transposed = direction % 2 == 1
+        sign = tl.where(direction >= 2, -1, 1)
+        inner_count = tl.where(transposed, height, width)
+        inner_stride = tl.where(transposed, width, 1) * sign
+        outer_stride = tl.where(transposed, 1, width) * sign
+        return (step % inner_count, inner_count, inner_stride,
+                outer_stride - inner_count * inner_stride)
+
+    @triton.jit
+    def _next_pixel(pixel, inner, inner_count, inner_stride, wrap_jump):
+        """The pixel (and position along the line) one step further along the direction."""
+        inner += 1
+        wrap = inner == inner_count
+        return pixel + inner_stride + tl.where(wrap, wrap_jump, 0), tl.where(wrap, 0, inner)
+
+    @triton.jit
+    def _previous_pixel(pixel, inner, inner_count, inner_stride, wrap_jump):
+        """The pixel (and position along the line) one step back."""
+        wrap = inner == 0
+        return (pixel - inner_stride - tl.where(wrap, wrap_jump, 0),
+                tl.where(wrap, inner_count - 1, inner - 1))
+
+    @triton.jit
+    def _step_inputs(step, pixel, stop, x_base, proj_base, channels, d_mask, r, n,
+                     R: tl.constexpr, N: tl.constexpr, PASS: tl.constexpr,
+                     MASKED: tl.constexpr = True):
+        """What step ``step`` reads at its ``pixel``: x, and the low-rank dt, B and C of this
+        direction (zeros past ``stop``; unless not MASKED: the caller knows step < stop)."""
+        valid = step < stop if MASKED else True
         xv = tl.load(x_base + pixel * channels, mask=d_mask & valid, other=0.0).to(tl.float32)
         p = proj_base + pixel * (4 * (R + 2 * N))
         dt_low = tl.load(p + r, mask=(r < R) & valid, other=0.0).to(tl.float32)
@@ -98,6 +126,16 @@ if triton is not None:
             tl.atomic_add(y_base + pixel * channels, y, mask=d_mask & valid, sem="relaxed")
         return h, dt_total
 
+    @triton.jit
+    def _keep_checkpoint(h, step, checkpoints, channels, d_mask, N: tl.constexpr,
+                         CHECKPOINT: tl.constexpr):
+        """Stores the state before ``step`` for the backward pass, every CHECKPOINT steps."""
+        # (two ifs: the outer one is decided at compile time, so no `step % 0` is built)
+        if CHECKPOINT > 0:  # noqa: SIM102
+            if step % CHECKPOINT == 0:
+                tl.store(checkpoints + step // CHECKPOINT * N * channels, h,
+                         mask=d_mask[None, :])
+
     # Tensors are (states, channels), channels along the threads: a step's output is one
     # coalesced row of channels.
     _CONFIGS = [triton.Config({"BLOCK_D": bd}, num_warps=w)
@@ -105,7 +143,12 @@ if triton is not None:
 
     @triton.autotune(configs=_CONFIGS, reset_to_zero=["y_ptr"],
                      key=["channels", "length", "n_segments", "PASS", "IS_BF", "CHECKPOINT"])
-    @triton.jit
+    # `channels` is not specialized on its divisibility by 16: then no load along the channels
+    # is vectorized, and the compiler lays each channel on one thread with all its N states
+    # (tiles of 32 channels or more a warp). With vectorized loads it spread a channel's states
+    # over up to 8 threads, each redoing the channel's dt and shuffling to sum y: 2.6x the
+    # instructions (benchmarks/RESULTS.md).
+    @triton.jit(do_not_specialize=["channels"])
     def _ss2d_fwd(
         x_ptr, proj_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, y_ptr, seg_state_ptr, seg_dt_ptr,
         checkpoint_ptr, height, width, channels, length, segment_length, n_segments,
@@ -152,19 +195,23 @@ if triton is not None:
         # Four steps per iteration, their loads issued together before any is used: a step's
         # inputs do not depend on the state, so the memory latency is paid once per four steps
         # instead of once per step (which bounded the one-step loop at ~1/8 of the bandwidth).
-        at = (stop, direction, height, width, length, x_base, proj_base, channels, d_mask, r, n)
-        for step in range(start, stop, 4):
-            # (two ifs: the outer one is decided at compile time, so no `step % 0` is built)
-            if CHECKPOINT > 0:  # noqa: SIM102
-                if step % CHECKPOINT == 0:  # the state before this step, for the backward pass
-                    at_checkpoint = (b * 4 + direction) * tl.cdiv(length, CHECKPOINT)
-                    at_checkpoint += step // CHECKPOINT
-                    tl.store(checkpoint_ptr + (at_checkpoint * N + n[:, None]) * channels
-                             + d[None, :], h, mask=d_mask[None, :])
-            i0 = _step_inputs(step, *at, R, N, PASS)
-            i1 = _step_inputs(step + 1, *at, R, N, PASS)
-            i2 = _step_inputs(step + 2, *at, R, N, PASS)
-            i3 = _step_inputs(step + 3, *at, R, N, PASS)
+        # The last (stop - start) % 4 steps go one at a time, so no step needs a mask.
+        at = (stop, x_base, proj_base, channels, d_mask, r, n)
+        inner, count, stride, jump = _walk(start, direction, height, width)
+        pixel = _pixel(start, direction, height, width, length)
+        checkpoints = (b * 4 + direction) * tl.cdiv(length, CHECKPOINT) if CHECKPOINT else 0
+        checkpoints = checkpoint_ptr + (checkpoints * N + n[:, None]) * channels + d[None, :]
+        fours_stop = start + (stop - start) // 4 * 4
+        for step in range(start, fours_stop, 4):
+            _keep_checkpoint(h, step, checkpoints, channels, d_mask, N, CHECKPOINT)
+            i0 = _step_inputs(step, pixel, *at, R, N, PASS, False)
+            pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
+            i1 = _step_inputs(step + 1, pixel, *at, R, N, PASS, False)
+            pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
+            i2 = _step_inputs(step + 2, pixel, *at, R, N, PASS, False)
+            pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
+            i3 = _step_inputs(step + 3, pixel, *at, R, N, PASS, False)
+            pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
             h, dt_total = _advance(h, dt_total, *i0, dt_w, bias, A, Dv, y_base, channels, d_mask,
                                    PASS)
             h, dt_total = _advance(h, dt_total, *i1, dt_w, bias, A, Dv, y_base, channels, d_mask,
@@ -172,6 +219,12 @@ if triton is not None:
             h, dt_total = _advance(h, dt_total, *i2, dt_w, bias, A, Dv, y_base, channels, d_mask,
                                    PASS)
             h, dt_total = _advance(h, dt_total, *i3, dt_w, bias, A, Dv, y_base, channels, d_mask,
+                                   PASS)
+        for step in range(fours_stop, stop):
+            _keep_checkpoint(h, step, checkpoints, channels, d_mask, N, CHECKPOINT)
+            i0 = _step_inputs(step, pixel, *at, R, N, PASS, False)
+            pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
+            h, dt_total = _advance(h, dt_total, *i0, dt_w, bias, A, Dv, y_base, channels, d_mask,
                                    PASS)
         if PASS == 1:
             tl.store(seg_dt_ptr + (seg + segment) * channels + d, dt_total, mask=d_mask)
@@ -223,7 +276,7 @@ if triton is not None:
         n_checkpoints = tl.cdiv(length, CHECKPOINT)
         scratch = (scratch_ptr + ((run * n_blocks + block) * CHECKPOINT * N + n[:, None]) * BLOCK_D
                    + d_local[None, :])
-        at = (length, direction, height, width, length, x_base, proj_base, channels, d_mask, r, n)
+        at = (length, x_base, proj_base, channels, d_mask, r, n)
 
         g = tl.zeros((N, BLOCK_D), dtype=tl.float32)  # d loss / d h_t
         decay_next = tl.zeros((N, BLOCK_D), dtype=tl.float32)  # exp(dt_{t+1} A)
@@ -236,15 +289,19 @@ if triton is not None:
             h = tl.load(checkpoint_ptr + ((run * n_checkpoints + start // CHECKPOINT) * N
                                           + n[:, None]) * channels + d[None, :],
                         mask=d_mask[None, :], other=0.0)
+            inner, count, stride, jump = _walk(start, direction, height, width)
+            pixel = _pixel(start, direction, height, width, length)
             for i in range(0, CHECKPOINT):
-                valid, pixel, xv, dt_low, Bv, Cv = _step_inputs(start + i, *at, R, N, 1)
+                valid, _, xv, dt_low, Bv, Cv = _step_inputs(start + i, pixel, *at, R, N, 1)
+                pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
                 dt = _dt(valid, dt_low, dt_w, bias)[1]
                 h = _next_state(h, dt, xv, Bv, A2)
                 tl.store(scratch + i * N * BLOCK_D, h)
             tl.debug_barrier()  # the states are read back below
             for j in range(0, CHECKPOINT):
                 i = CHECKPOINT - 1 - j
-                valid, pixel, xv, dt_low, Bv, Cv = _step_inputs(start + i, *at, R, N, 0)
+                pixel, inner = _previous_pixel(pixel, inner, count, stride, jump)
+                valid, _, xv, dt_low, Bv, Cv = _step_inputs(start + i, pixel, *at, R, N, 0)
                 raw, dt = _dt(valid, dt_low, dt_w, bias)
                 decay = tl.exp2(dt[None, :] * A2)
                 h = tl.load(scratch + i * N * BLOCK_D)
@@ -315,6 +372,9 @@ def _forward(x, proj, params, checkpoint_every=0):
     batch, height, width, channels = x.shape
     n_state = params[2].shape[1]
     length = height * width
+    # B, C and the low-rank dt are read in float32: in bf16 every step would unpack 38 values
+    # (a quarter of the kernel's instructions), against one cheap pass over proj here
+    proj = proj.float()
     y = torch.zeros(batch, height, width, channels, device=x.device, dtype=torch.float32)
     n_segments = 1 if checkpoint_every else _segments(batch, channels, length)
     segment_length = -(-length // n_segments)
