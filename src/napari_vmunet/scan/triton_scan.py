@@ -400,8 +400,8 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Fa
 
 
 def selective_scan_2d(x, proj, dt_weight, dt_bias, A, D):
-    """SS2D's four directions in one fused kernel (inference): :mod:`.triton_ss2d`, which
-    builds on this module's helpers."""
+    """SS2D's four directions in fused kernels, forward and backward: :mod:`.triton_ss2d`,
+    which builds on this module's helpers."""
     from .triton_ss2d import selective_scan_2d as fused
 
     return fused(x, proj, dt_weight, dt_bias, A, D)

@@ -6,11 +6,13 @@ casting to float32, scanning, flipping and transposing back and summing — happ
 one kernel that reads the image where it lies:
 
 - each program owns (batch, direction, a block of channels) and walks its direction's pixel
-  order, computing each pixel's row-major index on the fly; the activation is channels-last
-  (B, H, W, D), so a pixel's channels are one contiguous read in every direction;
+  order, stepping the row-major pixel index by a stride (and a jump at each line's end); the
+  activation is channels-last (B, H, W, D), so a pixel's channels are one contiguous read in
+  every direction; each thread holds one channel with all its states;
 - dt = softplus(dt_weight @ dt_low + bias) is made in registers from the R-wide low-rank
   projection (R = 6 for the smallest stage): the (B, 4, D, L) dt tensor never exists;
-- the state is float32 in registers; inputs are read in their own dtype (bf16 under autocast);
+- the state is float32 in registers; x is read in its own dtype (bf16 under autocast), the
+  pixel projections from a float32 copy;
 - each direction adds its output into the row-major (B, H, W, D) float32 result with relaxed
   atomics: the four directions are summed without being stored apart.
 
@@ -88,6 +90,21 @@ if triton is not None:
                 tl.where(wrap, inner_count - 1, inner - 1))
 
     @triton.jit
+    def _channel_parameters(dtw_ptr, bias_ptr, A_ptr, D_ptr, direction, d, d_mask, r, n,
+                            channels, R: tl.constexpr, N: tl.constexpr):
+        """This program's channels' dt_weight (RP, BLOCK_D), dt_bias, A (N, BLOCK_D) and D, in
+        float32. dt_weight and A are stored channels last, (K, R, D) and (K, N, D): every tile
+        is read along the channels, so the compiler lays the threads out along them."""
+        kd = direction * channels + d  # the channel among all directions' parameters
+        A = tl.load(A_ptr + (direction * N + n[:, None]) * channels + d[None, :],
+                    mask=d_mask[None, :], other=0.0).to(tl.float32)
+        Dv = tl.load(D_ptr + kd, mask=d_mask, other=0.0).to(tl.float32)
+        bias = tl.load(bias_ptr + kd, mask=d_mask, other=0.0).to(tl.float32)
+        dt_w = tl.load(dtw_ptr + (direction * R + r[:, None]) * channels + d[None, :],
+                       mask=d_mask[None, :] & (r < R)[:, None], other=0.0).to(tl.float32)
+        return dt_w, bias, A, Dv
+
+    @triton.jit
     def _step_inputs(step, pixel, stop, x_base, proj_base, channels, d_mask, r, n,
                      R: tl.constexpr, N: tl.constexpr, PASS: tl.constexpr,
                      MASKED: tl.constexpr = True):
@@ -114,11 +131,11 @@ if triton is not None:
         return tl.exp2(dt[None, :] * A2) * h + (dt * xv)[None, :] * Bv[:, None]
 
     @triton.jit
-    def _advance(h, dt_total, valid, pixel, xv, dt_low, Bv, Cv, dt_w, bias, A, Dv, y_base,
+    def _advance(h, dt_total, valid, pixel, xv, dt_low, Bv, Cv, dt_w, bias, A2, Dv, y_base,
                  channels, d_mask, PASS: tl.constexpr):
         """One step of the recurrence; adds its output to the pixel (except in pass 1)."""
         dt = _dt(valid, dt_low, dt_w, bias)[1]
-        h = _next_state(h, dt, xv, Bv, A)
+        h = _next_state(h, dt, xv, Bv, A2)
         if PASS == 1:
             dt_total += dt
         else:
@@ -165,16 +182,9 @@ if triton is not None:
         b = tl.program_id(2).to(tl.int64)
         n = tl.arange(0, N)
         r = tl.arange(0, RP)
-        kd = direction * channels + d  # the channel among all directions' parameters
-        # A pre-multiplied by log2(e): exp(dt A) = exp2(dt A log2 e)
-        # A (K, N, D) and dt_weight (K, R, D), channels last: every 2D tile is read along the
-        # channels, so the compiler lays the threads out along them
-        A = tl.load(A_ptr + (direction * N + n[:, None]) * channels + d[None, :],
-                    mask=d_mask[None, :], other=0.0).to(tl.float32) * 1.4426950408889634
-        Dv = tl.load(D_ptr + kd, mask=d_mask, other=0.0).to(tl.float32)
-        bias = tl.load(bias_ptr + kd, mask=d_mask, other=0.0).to(tl.float32)
-        dt_w = tl.load(dtw_ptr + (direction * R + r[:, None]) * channels + d[None, :],
-                       mask=d_mask[None, :] & (r < R)[:, None], other=0.0).to(tl.float32)
+        dt_w, bias, A, Dv = _channel_parameters(dtw_ptr, bias_ptr, A_ptr, D_ptr, direction, d,
+                                                d_mask, r, n, channels, R, N)
+        A2 = A * 1.4426950408889634  # exp(dt A) = exp2(dt A log2 e)
 
         # per (batch, direction, segment): end states (N, D) and summed dt (D,)
         seg = (b * 4 + direction) * n_segments  # 4 directions
@@ -184,7 +194,7 @@ if triton is not None:
                 dt_sum = tl.load(seg_dt_ptr + (seg + s) * channels + d, mask=d_mask, other=0.0)
                 h_end = tl.load(seg_state_ptr + ((seg + s) * N + n[:, None]) * channels
                                 + d[None, :], mask=d_mask[None, :], other=0.0)
-                h = tl.exp2(dt_sum[None, :] * A) * h + h_end
+                h = tl.exp2(dt_sum[None, :] * A2) * h + h_end
         dt_total = tl.zeros((BLOCK_D,), dtype=tl.float32)
 
         x_base = x_ptr + b * length * channels + d
@@ -212,19 +222,19 @@ if triton is not None:
             pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
             i3 = _step_inputs(step + 3, pixel, *at, R, N, PASS, False)
             pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
-            h, dt_total = _advance(h, dt_total, *i0, dt_w, bias, A, Dv, y_base, channels, d_mask,
+            h, dt_total = _advance(h, dt_total, *i0, dt_w, bias, A2, Dv, y_base, channels, d_mask,
                                    PASS)
-            h, dt_total = _advance(h, dt_total, *i1, dt_w, bias, A, Dv, y_base, channels, d_mask,
+            h, dt_total = _advance(h, dt_total, *i1, dt_w, bias, A2, Dv, y_base, channels, d_mask,
                                    PASS)
-            h, dt_total = _advance(h, dt_total, *i2, dt_w, bias, A, Dv, y_base, channels, d_mask,
+            h, dt_total = _advance(h, dt_total, *i2, dt_w, bias, A2, Dv, y_base, channels, d_mask,
                                    PASS)
-            h, dt_total = _advance(h, dt_total, *i3, dt_w, bias, A, Dv, y_base, channels, d_mask,
+            h, dt_total = _advance(h, dt_total, *i3, dt_w, bias, A2, Dv, y_base, channels, d_mask,
                                    PASS)
         for step in range(fours_stop, stop):
             _keep_checkpoint(h, step, checkpoints, channels, d_mask, N, CHECKPOINT)
             i0 = _step_inputs(step, pixel, *at, R, N, PASS, False)
             pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
-            h, dt_total = _advance(h, dt_total, *i0, dt_w, bias, A, Dv, y_base, channels, d_mask,
+            h, dt_total = _advance(h, dt_total, *i0, dt_w, bias, A2, Dv, y_base, channels, d_mask,
                                    PASS)
         if PASS == 1:
             tl.store(seg_dt_ptr + (seg + segment) * channels + d, dt_total, mask=d_mask)
@@ -257,15 +267,11 @@ if triton is not None:
         b = tl.program_id(1).to(tl.int64)
         n = tl.arange(0, N)
         r = tl.arange(0, RP)
-        kd = direction * channels + d
-        A = tl.load(A_ptr + (direction * N + n[:, None]) * channels + d[None, :],
-                    mask=d_mask[None, :], other=0.0).to(tl.float32)
+        dt_w, bias, A, Dv = _channel_parameters(dtw_ptr, bias_ptr, A_ptr, D_ptr, direction, d,
+                                                d_mask, r, n, channels, R, N)
         A2 = A * 1.4426950408889634
-        Dv = tl.load(D_ptr + kd, mask=d_mask, other=0.0).to(tl.float32)
-        bias = tl.load(bias_ptr + kd, mask=d_mask, other=0.0).to(tl.float32)
         w_mask = d_mask[None, :] & (r < R)[:, None]
-        dt_w = tl.load(dtw_ptr + (direction * R + r[:, None]) * channels + d[None, :],
-                       mask=w_mask, other=0.0).to(tl.float32)
+        kd = direction * channels + d
 
         run = b * 4 + direction
         x_base = x_ptr + b * length * channels + d
