@@ -274,7 +274,7 @@ def profile(backend: str, rows: int = 25) -> None:
                 torch.cuda.synchronize()
         print(f"\n{title}, 5 times:")
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows,
-                                        max_name_column_width=60))
+                                        max_name_column_width=100))
     model.cpu()
 
 

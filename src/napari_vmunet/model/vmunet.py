@@ -86,7 +86,13 @@ class PatchExpand2D(nn.Module):
 
 
 class FinalPatchExpand2D(nn.Module):
-    """Back to full resolution: Linear d -> 4d, then 4x4 pixels of d/4 channels each."""
+    """Back to full resolution: Linear d -> 4d, then 4x4 pixels of d/4 channels each.
+
+    ``forward`` leaves each input pixel's 16 output pixels where the linear layer wrote them,
+    (B, h, w, 16, d/4), normalized: the 1x1 output convolution can run on them there, and only
+    its few channels are moved into place (VSSM.forward_final). Moving the d/4-channel
+    full-resolution map instead cost two copies of the largest tensor in the network.
+    """
 
     def __init__(self, dim: int, scale: int = PATCH_SIZE):
         super().__init__()
@@ -95,9 +101,8 @@ class FinalPatchExpand2D(nn.Module):
         self.norm = nn.LayerNorm(dim // scale)
 
     def forward(self, x):
-        # feeds the 1x1 output convolution
-        x = _pixels_from_channels(self.expand(x), self.scale)
-        return layer_norm(x, self.norm, feeds_matmul=True)
+        x = self.expand(x).unflatten(-1, (self.scale * self.scale, -1))
+        return layer_norm(x, self.norm, feeds_matmul=True)  # into the 1x1 convolution
 
 
 class SS2D(nn.Module):
@@ -268,9 +273,12 @@ class VSSM(nn.Module):
         return x
 
     def forward_final(self, x):
-        # contiguous: a channels-last input would give the 1x1 conv's weight a gradient with
-        # odd strides, which DistributedDataParallel warns about on every step
-        return self.final_conv(self.final_up(x).permute(0, 3, 1, 2).contiguous())
+        """Logits (B, classes, H, W): the final expansion, the 1x1 convolution on each output
+        pixel where the expansion left it (a linear layer), then the pixels put in place."""
+        x = self.final_up(x)  # (B, h, w, 16, channels)
+        conv = self.final_conv
+        logits = F.linear(x, conv.weight.flatten(1), conv.bias).flatten(3)
+        return _pixels_from_channels(logits, self.final_up.scale).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x):
         x, skips = self.forward_features(x)

@@ -11,8 +11,8 @@ one kernel that reads the image where it lies:
   every direction; each thread holds one channel with all its states;
 - dt = softplus(dt_weight @ dt_low + bias) is made in registers from the R-wide low-rank
   projection (R = 6 for the smallest stage): the (B, 4, D, L) dt tensor never exists;
-- the state is float32 in registers; x is read in its own dtype (bf16 under autocast), the
-  pixel projections from a float32 copy;
+- the state is float32 in registers; x and the pixel projections are read from float32
+  copies (4-byte values the pipelined loop can fetch asynchronously, steps ahead);
 - each direction adds its output into the row-major (B, H, W, D) float32 result with relaxed
   atomics: the four directions are summed without being stored apart.
 
@@ -159,7 +159,12 @@ if triton is not None:
                 for bd, w in [(16, 1), (32, 1), (64, 2), (64, 1), (128, 4), (128, 2)]]
 
     @triton.autotune(configs=_CONFIGS, reset_to_zero=["y_ptr"],
-                     key=["channels", "length", "n_segments", "PASS", "IS_BF", "CHECKPOINT"])
+                     key=["channels", "length", "n_segments", "PASS", "CHECKPOINT"])
+    # How deep the loop is pipelined: 3 for long walks (stage 0 of a 256² image 15 % faster),
+    # not at all below 1024 steps a program, where filling the pipeline costs more than it
+    # hides (stage 2: 0.43 ms unpipelined, 0.50 pipelined; benchmarks/RESULTS.md). A rule
+    # rather than a tuned choice: tuning both would double the first run's tuning time.
+    @triton.heuristics({"STAGES": lambda args: 3 if args["segment_length"] >= 1024 else 1})
     # `channels` is not specialized on its divisibility by 16: then no load along the channels
     # is vectorized, and the compiler lays each channel on one thread with all its N states
     # (tiles of 32 channels or more a warp). With vectorized loads it spread a channel's states
@@ -171,7 +176,7 @@ if triton is not None:
         checkpoint_ptr, height, width, channels, length, segment_length, n_segments,
         R: tl.constexpr, RP: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
         PASS: tl.constexpr,  # 0: whole L, 1: segment end states, 2: segments from those
-        IS_BF: tl.constexpr,  # tuned apart (a key)
+        STAGES: tl.constexpr,
         CHECKPOINT: tl.constexpr = 0,  # > 0 (PASS 0 only): keep the state every this many steps
     ):
         n_blocks = tl.cdiv(channels, BLOCK_D)
@@ -206,13 +211,16 @@ if triton is not None:
         # inputs do not depend on the state, so the memory latency is paid once per four steps
         # instead of once per step (which bounded the one-step loop at ~1/8 of the bandwidth).
         # The last (stop - start) % 4 steps go one at a time, so no step needs a mask.
+        # The loop is software-pipelined (STAGES deep): the loads of the next iterations are
+        # asynchronous copies in flight while this one computes (the kernel waited on its loads
+        # for 41 % of its stall samples without; benchmarks/RESULTS.md).
         at = (stop, x_base, proj_base, channels, d_mask, r, n)
         inner, count, stride, jump = _walk(start, direction, height, width)
         pixel = _pixel(start, direction, height, width, length)
         checkpoints = (b * 4 + direction) * tl.cdiv(length, CHECKPOINT) if CHECKPOINT else 0
         checkpoints = checkpoint_ptr + (checkpoints * N + n[:, None]) * channels + d[None, :]
         fours_stop = start + (stop - start) // 4 * 4
-        for step in range(start, fours_stop, 4):
+        for step in tl.range(start, fours_stop, 4, num_stages=STAGES):
             _keep_checkpoint(h, step, checkpoints, channels, d_mask, N, CHECKPOINT)
             i0 = _step_inputs(step, pixel, *at, R, N, PASS, False)
             pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
@@ -378,9 +386,10 @@ def _forward(x, proj, params, checkpoint_every=0):
     batch, height, width, channels = x.shape
     n_state = params[2].shape[1]
     length = height * width
-    # B, C and the low-rank dt are read in float32: in bf16 every step would unpack 38 values
-    # (a quarter of the kernel's instructions), against one cheap pass over proj here
-    proj = proj.float()
+    # x, B, C and the low-rank dt are read in float32: in bf16 every step would unpack 39 values
+    # (a quarter of the kernel's instructions), and a thread's 2-byte x is too small for the
+    # asynchronous copies of the pipelined loop; one cheap pass over each here
+    x, proj = x.float(), proj.float()
     y = torch.zeros(batch, height, width, channels, device=x.device, dtype=torch.float32)
     n_segments = 1 if checkpoint_every else _segments(batch, channels, length)
     segment_length = -(-length // n_segments)
@@ -399,7 +408,7 @@ def _forward(x, proj, params, checkpoint_every=0):
     def grid(m):
         return (N_DIRECTIONS * triton.cdiv(channels, m["BLOCK_D"]), n_segments, batch)
 
-    meta = dict(_sizes(params), IS_BF=x.dtype == torch.bfloat16)
+    meta = _sizes(params)
     if n_segments > 1:
         _ss2d_fwd[grid](*args, PASS=1, **meta)
     _ss2d_fwd[grid](*args, PASS=2 if n_segments > 1 else 0, CHECKPOINT=checkpoint_every,
