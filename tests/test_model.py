@@ -201,3 +201,34 @@ def test_fused_layer_norm_and_gate_match_pytorch_on_cuda(channels):
             assert (residual - expected).norm() / expected.norm() <= 1e-6
             assert half.dtype == torch.bfloat16
             assert (half.float() - expected).norm() / expected.norm() <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(("shape", "channels"), [((2, 64, 64), 192), ((1, 17, 45), 70),
+                                                 ((3, 8, 5), 1536), ((1, 1, 1), 8)])
+def test_fused_conv_silu_matches_pytorch_on_cuda(shape, channels):
+    """The Triton depthwise 3x3 convolution + SiLU (inference) against nn.Conv2d and F.silu,
+    reading the x half of a wider tensor in place (as SS2D's in_proj output): float32 in
+    float32, and under bf16 autocast a float32 result for the scan and a bf16 one for x_proj.
+    Sides that are not multiples of the kernel's tiles and a one-pixel image (all padding)."""
+    from napari_vmunet.model.fused_conv import conv_silu
+
+    torch.manual_seed(channels)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, groups=channels).cuda()
+    wide = torch.randn(*shape, 2 * channels, device="cuda")
+    x = wide[..., :channels]
+    with torch.no_grad():
+        expected = torch.nn.functional.silu(conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        got, for_proj = conv_silu(x, conv)
+        assert got.dtype == torch.float32 and for_proj is got
+        assert (got - expected).norm() / expected.norm() <= 1e-6
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got, for_proj = conv_silu(x.bfloat16(), conv)
+    # the input rounded to bf16, the arithmetic in float32
+    assert got.dtype == torch.float32 and for_proj.dtype == torch.bfloat16
+    assert (got - expected).norm() / expected.norm() <= 1e-2
+    assert torch.equal(for_proj, got.bfloat16())
+    # training takes the PyTorch path (gradients)
+    x.requires_grad_(True)
+    assert conv_silu(x, conv)[0].grad_fn is not None

@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from ..scan import resolve_backend, selective_scan_2d
 from ..scan.ss2d import N_DIRECTIONS
 from .config import EXPAND, PATCH_SIZE, VMUNetConfig, dt_rank
+from .fused_conv import conv_silu
 from .fused_norm import layer_norm
 
 
@@ -150,14 +151,12 @@ class SS2D(nn.Module):
 
     def forward(self, x):
         x, z = self.in_proj(x).chunk(2, dim=-1)
-        # On the GPU the depthwise conv runs channels-last, so the scan reads its output as it
-        # is (B, H, W, D) and nothing is transposed; on the CPU the contiguous layout is faster.
-        layout = torch.channels_last if x.is_cuda else torch.contiguous_format
-        x = x.permute(0, 3, 1, 2).contiguous(memory_format=layout)
-        x = F.silu(self.conv2d(x)).permute(0, 2, 3, 1)  # (B, H, W, d_inner)
+        # (B, H, W, d_inner): for the scan, and (on the fused GPU path, under autocast) in the
+        # autocast dtype for x_proj
+        x, x_for_proj = conv_silu(x, self.conv2d)
         k, d = N_DIRECTIONS, self.d_inner
         # x_proj for every pixel once; each direction then reads its pixels in its own order
-        proj = F.linear(x, self.x_proj_weight.reshape(-1, d)).unflatten(-1, (k, -1))
+        proj = F.linear(x_for_proj, self.x_proj_weight.reshape(-1, d)).unflatten(-1, (k, -1))
         y = selective_scan_2d(
             x, proj, self.dt_projs_weight, self.dt_projs_bias.view(k, d),
             -torch.exp(self.A_logs.float()).view(k, d, -1), self.Ds.view(k, d),

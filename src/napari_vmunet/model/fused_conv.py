@@ -1,0 +1,105 @@
+"""SS2D's depthwise 3x3 convolution + SiLU as one Triton kernel for GPU inference.
+
+In PyTorch the step between in_proj and the scan is four passes over the block's widest
+activation: a copy of in_proj's x half into its own channels-last tensor, the convolution, the
+SiLU, and the scan's float32 conversion (a quarter of the forward pass's GPU time went to such
+copies and casts). Here one kernel reads the x half where in_proj wrote it, convolves and
+applies the SiLU in float32, and writes what the two readers want: the float32 input of the scan
+and, under autocast, the same values in the autocast dtype for x_proj's matrix product.
+
+Training, the CPU and machines without Triton use ``nn.Conv2d`` and ``F.silu`` as they are (the
+module's parameters are the same either way, so checkpoints do not notice).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+try:
+    import triton
+    import triton.language as tl
+except Exception:  # no triton: the PyTorch path below
+    triton = None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _conv3x3_silu(x_ptr, w_ptr, b_ptr, out_ptr, low_ptr, height, width, channels,
+                      stride_b, stride_h, stride_w, BLOCK_W: tl.constexpr,
+                      BLOCK_C: tl.constexpr, HAS_LOW: tl.constexpr):
+        """One program: BLOCK_W pixels of one image row times BLOCK_C channels. Each of the
+        nine taps is a (pixels, channels) tile read along the channels (contiguous in the
+        input); the neighbouring programs' overlapping reads hit the cache."""
+        image_row = tl.program_id(0)  # batch * height + row
+        b = image_row // height
+        row = image_row % height
+        cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+        c_mask = c < channels
+        acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        acc += tl.load(b_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+        image = x_ptr + b.to(tl.int64) * stride_b
+        for dy in tl.static_range(3):
+            r = row + dy - 1
+            row_ok = (r >= 0) & (r < height)  # zero padding above and below
+            for dx in tl.static_range(3):
+                cc = cols + dx - 1
+                mask = (row_ok & (cc >= 0) & (cc < width))[:, None] & c_mask[None, :]
+                v = tl.load(image + r * stride_h + cc[:, None] * stride_w + c[None, :],
+                            mask=mask, other=0.0).to(tl.float32)
+                w = tl.load(w_ptr + c * 9 + dy * 3 + dx, mask=c_mask, other=0.0).to(tl.float32)
+                acc += v * w[None, :]
+        y = acc * tl.sigmoid(acc)
+        out = (image_row.to(tl.int64) * width + cols)[:, None] * channels + c[None, :]
+        mask = (cols < width)[:, None] & c_mask[None, :]
+        tl.store(out_ptr + out, y, mask=mask)
+        if HAS_LOW:
+            tl.store(low_ptr + out, y.to(low_ptr.dtype.element_ty), mask=mask)
+
+
+def _fused_applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
+    if triton is None or not x.is_cuda or x.stride(-1) != 1 or conv.bias is None:
+        return False
+    if (conv.kernel_size, conv.padding, conv.stride, conv.dilation) != ((3, 3), (1, 1), (1, 1),
+                                                                        (1, 1)):
+        return False
+    if conv.groups != conv.in_channels or conv.out_channels != conv.in_channels:
+        return False
+    return not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
+
+
+def conv_silu(x: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``silu(conv(x))`` for channels-last ``x`` (B, H, W, C) (a view such as a chunk of a wider
+    tensor is read in place), ``conv`` depthwise 3x3.
+
+    Returns the result twice, channels last: for the scan (float32, or x's dtype where the
+    PyTorch path runs) and for a following linear layer (in the autocast dtype under autocast,
+    else the same tensor).
+    """
+    if not _fused_applies(x, conv):
+        # On the GPU the convolution runs channels-last, so the result is (B, H, W, C) without
+        # a transpose; on the CPU the contiguous layout is faster.
+        layout = torch.channels_last if x.is_cuda else torch.contiguous_format
+        image = x.permute(0, 3, 1, 2).contiguous(memory_format=layout)
+        y = F.silu(conv(image)).permute(0, 2, 3, 1)
+        return y, y
+    batch, height, width, channels = x.shape
+    out = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+    low = out
+    if torch.is_autocast_enabled(x.device.type):
+        low = torch.empty(x.shape, device=x.device,
+                          dtype=torch.get_autocast_dtype(x.device.type))
+    # 16 pixels x 64 channels, two warps: the fastest or within 10 % of it at every stage of a
+    # 256² image and at 512² (H100, benchmarks/RESULTS.md); 2.6x PyTorch's four passes at stage 0
+    block_c = min(64, triton.next_power_of_2(channels))
+    block_w = min(16, triton.next_power_of_2(width))
+    grid = (batch * height, triton.cdiv(width, block_w), triton.cdiv(channels, block_c))
+    _conv3x3_silu[grid](
+        x, conv.weight, conv.bias, out, low, height, width, channels,
+        x.stride(0), x.stride(1), x.stride(2), BLOCK_W=block_w, BLOCK_C=block_c,
+        HAS_LOW=low is not out, num_warps=2,
+    )
+    return out, low
