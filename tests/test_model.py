@@ -229,6 +229,42 @@ def test_fused_conv_silu_matches_pytorch_on_cuda(shape, channels):
     assert got.dtype == torch.float32 and for_proj.dtype == torch.bfloat16
     assert (got - expected).norm() / expected.norm() <= 1e-2
     assert torch.equal(for_proj, got.bfloat16())
-    # training takes the PyTorch path (gradients)
-    x.requires_grad_(True)
-    assert conv_silu(x, conv)[0].grad_fn is not None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_conv_silu_trains_as_pytorch_on_cuda(autocast):
+    """With gradients the fused convolution + SiLU gives one result in the dtype PyTorch's
+    modules give (bf16 under autocast) and PyTorch's gradients for x (through the view of the
+    wider tensor), the weight and the bias."""
+    from napari_vmunet.model.fused_conv import conv_silu
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(96, 96, 3, padding=1, groups=96).cuda()
+    wide = torch.randn(2, 24, 40, 192, device="cuda", requires_grad=True)
+    grad_out = torch.randn(2, 24, 40, 96, device="cuda")
+
+    def pytorch(x):
+        return torch.nn.functional.silu(conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
+    def fused(x):
+        y, for_proj = conv_silu(x, conv)
+        assert for_proj is y
+        return y
+
+    results = []
+    for run in (pytorch, fused):
+        conv.zero_grad()
+        wide.grad = None
+        # full float32 convolutions (cuDNN may otherwise round to TF32)
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                y = run(wide[..., :96])
+            assert y.dtype == (torch.bfloat16 if autocast else torch.float32)
+            (y.float() * grad_out).sum().backward()
+        results.append((y.detach().float(), wide.grad, conv.weight.grad, conv.bias.grad))
+    tolerance = 1e-2 if autocast else 1e-5
+    for got, expected in zip(results[1], results[0], strict=True):
+        assert (got - expected).norm() / expected.norm() <= tolerance
+    assert results[1][1][..., 96:].abs().max() == 0  # nothing flows into the other half

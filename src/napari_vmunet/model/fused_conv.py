@@ -1,4 +1,4 @@
-"""SS2D's depthwise 3x3 convolution + SiLU as one Triton kernel for GPU inference.
+"""SS2D's depthwise 3x3 convolution + SiLU as one Triton kernel on the GPU.
 
 In PyTorch the step between in_proj and the scan is four passes over the block's widest
 activation: a copy of in_proj's x half into its own channels-last tensor, the convolution, the
@@ -7,8 +7,11 @@ copies and casts). Here one kernel reads the x half where in_proj wrote it, conv
 applies the SiLU in float32, and writes what the two readers want: the float32 input of the scan
 and, under autocast, the same values in the autocast dtype for x_proj's matrix product.
 
-Training, the CPU and machines without Triton use ``nn.Conv2d`` and ``F.silu`` as they are (the
-module's parameters are the same either way, so checkpoints do not notice).
+In training the same kernel writes the result once, in the dtype PyTorch's modules would give,
+and the backward is PyTorch's (convolution recomputed, so neither an input copy nor the
+convolution's output is kept). The CPU and machines without Triton use ``nn.Conv2d`` and
+``F.silu`` as they are; the module's parameters are the same either way, so checkpoints do not
+notice.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 try:
     import triton
@@ -55,7 +59,7 @@ if triton is not None:
         y = acc * tl.sigmoid(acc)
         out = (image_row.to(tl.int64) * width + cols)[:, None] * channels + c[None, :]
         mask = (cols < width)[:, None] & c_mask[None, :]
-        tl.store(out_ptr + out, y, mask=mask)
+        tl.store(out_ptr + out, y.to(out_ptr.dtype.element_ty), mask=mask)
         if HAS_LOW:
             tl.store(low_ptr + out, y.to(low_ptr.dtype.element_ty), mask=mask)
 
@@ -66,18 +70,69 @@ def _fused_applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
     if (conv.kernel_size, conv.padding, conv.stride, conv.dilation) != ((3, 3), (1, 1), (1, 1),
                                                                         (1, 1)):
         return False
-    if conv.groups != conv.in_channels or conv.out_channels != conv.in_channels:
-        return False
-    return not (torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad))
+    return conv.groups == conv.in_channels == conv.out_channels
+
+
+def _launch(x, weight, bias, out, low=None):
+    """The kernel: silu(conv(x)) into ``out`` (and ``low``, when given), each in its dtype."""
+    batch, height, width, channels = x.shape
+    # 16 pixels x 64 channels, two warps: the fastest or within 10 % of it at every stage of a
+    # 256² image and at 512² (H100, benchmarks/RESULTS.md); 2.6x PyTorch's four passes at stage 0
+    block_c = min(64, triton.next_power_of_2(channels))
+    block_w = min(16, triton.next_power_of_2(width))
+    grid = (batch * height, triton.cdiv(width, block_w), triton.cdiv(channels, block_c))
+    _conv3x3_silu[grid](
+        x, weight, bias, out, out if low is None else low, height, width, channels,
+        x.stride(0), x.stride(1), x.stride(2), BLOCK_W=block_w, BLOCK_C=block_c,
+        HAS_LOW=low is not None, num_warps=2,
+    )
+
+
+def _channels_first(t: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, C) -> the (B, C, H, W) channels-last tensor cuDNN's convolutions take."""
+    return t.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+
+
+class _ConvSiLU(torch.autograd.Function):
+    """Training: the kernel's result, in the dtype PyTorch's path would give, with the
+    gradients of PyTorch's convolution and SiLU. Only x (a view of in_proj's output, which
+    stays alive for the gate z anyway) is kept: the backward recomputes the convolution rather
+    than keeping a channels-last copy of x and the convolution's output (two tensors of the
+    block's widest size, ~0.6 GB for a training batch of 32 at 256²)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, dtype):
+        out = torch.empty(x.shape, device=x.device, dtype=dtype)
+        _launch(x, weight, bias, out)
+        ctx.save_for_backward(x, weight, bias)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, bias = ctx.saved_tensors
+        dtype = grad.dtype  # the convolution's dtype, as autocast runs it
+        image = _channels_first(x.to(dtype))
+        channels = image.shape[1]
+        w = weight.to(dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            pre = F.conv2d(image, w, bias.to(dtype), padding=1, groups=channels)
+            dpre = torch.ops.aten.silu_backward(grad.permute(0, 3, 1, 2), pre)
+            dimage, dw, db = torch.ops.aten.convolution_backward(
+                dpre, image, w, [channels], [1, 1], [1, 1], [1, 1], False, [0, 0], channels,
+                list(ctx.needs_input_grad[:3]))
+        return (None if dimage is None else dimage.permute(0, 2, 3, 1).to(x.dtype),
+                None if dw is None else dw.to(weight.dtype),
+                None if db is None else db.to(bias.dtype), None)
 
 
 def conv_silu(x: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
     """``silu(conv(x))`` for channels-last ``x`` (B, H, W, C) (a view such as a chunk of a wider
     tensor is read in place), ``conv`` depthwise 3x3.
 
-    Returns the result twice, channels last: for the scan (float32, or x's dtype where the
-    PyTorch path runs) and for a following linear layer (in the autocast dtype under autocast,
-    else the same tensor).
+    Returns the result twice, channels last: for the scan and for a following linear layer. In
+    inference on the fused path the first is float32 and the second in the autocast dtype under
+    autocast; otherwise both are one tensor, in the dtype PyTorch's modules would give.
     """
     if not _fused_applies(x, conv):
         # On the GPU the convolution runs channels-last, so the result is (B, H, W, C) without
@@ -86,20 +141,13 @@ def conv_silu(x: torch.Tensor, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Ten
         image = x.permute(0, 3, 1, 2).contiguous(memory_format=layout)
         y = F.silu(conv(image)).permute(0, 2, 3, 1)
         return y, y
-    batch, height, width, channels = x.shape
+    autocast = torch.is_autocast_enabled(x.device.type)
+    low_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+    if torch.is_grad_enabled() and any(
+            t.requires_grad for t in (x, conv.weight, conv.bias)):
+        y = _ConvSiLU.apply(x, conv.weight, conv.bias, low_dtype)
+        return y, y
     out = torch.empty(x.shape, device=x.device, dtype=torch.float32)
-    low = out
-    if torch.is_autocast_enabled(x.device.type):
-        low = torch.empty(x.shape, device=x.device,
-                          dtype=torch.get_autocast_dtype(x.device.type))
-    # 16 pixels x 64 channels, two warps: the fastest or within 10 % of it at every stage of a
-    # 256² image and at 512² (H100, benchmarks/RESULTS.md); 2.6x PyTorch's four passes at stage 0
-    block_c = min(64, triton.next_power_of_2(channels))
-    block_w = min(16, triton.next_power_of_2(width))
-    grid = (batch * height, triton.cdiv(width, block_w), triton.cdiv(channels, block_c))
-    _conv3x3_silu[grid](
-        x, conv.weight, conv.bias, out, low, height, width, channels,
-        x.stride(0), x.stride(1), x.stride(2), BLOCK_W=block_w, BLOCK_C=block_c,
-        HAS_LOW=low is not out, num_warps=2,
-    )
-    return out, low
+    low = torch.empty(x.shape, device=x.device, dtype=low_dtype) if autocast else None
+    _launch(x, conv.weight, conv.bias, out, low)
+    return out, out if low is None else low
