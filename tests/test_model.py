@@ -268,3 +268,46 @@ def test_fused_conv_silu_trains_as_pytorch_on_cuda(autocast):
     for got, expected in zip(results[1], results[0], strict=True):
         assert (got - expected).norm() / expected.norm() <= tolerance
     assert results[1][1][..., 96:].abs().max() == 0  # nothing flows into the other half
+
+
+@pytest.mark.parametrize(
+    ("device", "autocast"),
+    [("cpu", False),
+     pytest.param("cuda", False, marks=[pytest.mark.gpu, pytest.mark.skipif(
+         not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
+     pytest.param("cuda", True, marks=[pytest.mark.gpu, pytest.mark.skipif(
+         not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_gated_layer_norm_trains_as_pytorch(device, autocast):
+    """In training SS2D's ``out_norm(y) * silu(z)`` is one autograd function that keeps only y
+    and z: the same result and the same gradients for y, z (through the view of in_proj's
+    output), the weight and the bias as nn.LayerNorm and F.silu, in float32 and (GPU) under
+    bf16 autocast, where it is written in bf16 for out_proj."""
+    from napari_vmunet.model.fused_norm import layer_norm
+
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(96).to(device)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    y = (torch.randn(2, 12, 20, 96, device=device) * 3 + 1).requires_grad_()
+    wide = torch.randn(2, 12, 20, 192, device=device, requires_grad=True)
+    grad_out = torch.randn(2, 12, 20, 96, device=device)
+    results = []
+    for fused in (False, True):
+        for t in (y, wide, norm.weight, norm.bias):
+            t.grad = None
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            z = wide[..., 96:]
+            if fused:
+                out = layer_norm(y, norm, z, feeds_matmul=True)
+            else:
+                out = norm(y) * torch.nn.functional.silu(z)
+                if autocast:
+                    out = out.to(torch.bfloat16)  # what out_proj casts it to
+        assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
+        (out.float() * grad_out).sum().backward()
+        results.append((out.detach().float(), y.grad, wide.grad, norm.weight.grad,
+                        norm.bias.grad))
+    tolerance = 1e-2 if autocast else 1e-5
+    for got, expected in zip(results[1], results[0], strict=True):
+        assert (got - expected).norm() / expected.norm() <= tolerance
+    assert results[1][2][..., :96].abs().max() == 0  # nothing flows into in_proj's x half
