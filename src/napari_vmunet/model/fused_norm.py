@@ -8,9 +8,9 @@ in the autocast dtype, which is what that layer would cast it to anyway.
 
 In training the gated form is one autograd function on every device (:class:`_GatedLayerNorm`)
 that keeps only its inputs for the backward; on the GPU its forward is the kernel above and its
-backward a second kernel that recomputes the norm on the way. Otherwise training,
-the CPU and machines without Triton use ``nn.LayerNorm`` (and the gate) as they are; the
-module's parameters are the same either way, so checkpoints do not notice.
+backward a second kernel that recomputes the norm on the way. The ungated norms in training,
+and inference on the CPU or without Triton, use ``nn.LayerNorm`` (and the gate) as they are;
+the module's parameters are the same either way, so checkpoints do not notice.
 """
 
 from __future__ import annotations
