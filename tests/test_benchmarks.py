@@ -1,0 +1,29 @@
+"""The benchmark scripts' own logic, where it runs without a GPU."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+COMPARE = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--device", "cpu",
+           "--rounds", "1", "--repeats", "1", "--skip-training"]
+
+
+def test_compare_measures_each_version_in_its_own_process():
+    """benchmarks/compare.py with both versions exported from git: each is measured in a
+    process that imports its own copy (the script refuses a measurement of any other copy),
+    and the same code gives the same logits to the bit; the table has the metric and ratio."""
+    done = subprocess.run([*COMPARE, "--baseline", "HEAD", "--candidate", "HEAD"], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("round 1 ") == 2
+    table = done.stdout.split("cand/base", 1)[1]
+    assert "256² b1 fp32 ms" in table
+    assert "max |difference| 0, relative (norm) 0" in done.stdout
+
+
+def test_compare_names_a_revision_it_cannot_export():
+    done = subprocess.run([*COMPARE, "--baseline", "no-such-revision"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "cannot export src/ of 'no-such-revision'" in done.stderr
