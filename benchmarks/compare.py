@@ -43,8 +43,7 @@ _RESULT = "RESULT "  # prefix of the worker's one line of JSON on stdout
 def _seconds(fn, repeats: int, device: str) -> float:
     """Median seconds of ``fn`` after two warm-up calls (CUDA events on the GPU)."""
     if device == "cuda":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from gpu import timed
+        from gpu import timed  # benchmarks/ is the script's folder, first on the path
 
         return timed(fn, repeats)
     fn()
@@ -185,7 +184,6 @@ def _versions(device: str) -> str:
         except ImportError:
             pass
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from cpu import _cpu_name
 
         words.insert(0, f"{_cpu_name()}, {torch.get_num_threads()} threads")
