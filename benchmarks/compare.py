@@ -33,7 +33,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,18 +41,14 @@ _RESULT = "RESULT "  # prefix of the worker's one line of JSON on stdout
 
 def _seconds(fn, repeats: int, device: str) -> float:
     """Median seconds of ``fn`` after two warm-up calls (CUDA events on the GPU)."""
+    # gpu.py and cpu.py are siblings: benchmarks/ is the script's folder, first on the path
     if device == "cuda":
-        from gpu import timed  # benchmarks/ is the script's folder, first on the path
+        from gpu import timed
 
         return timed(fn, repeats)
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    from cpu import _median_seconds
+
+    return _median_seconds(fn, repeats, warmup=2)[0]
 
 
 def _model(device: str):
