@@ -109,8 +109,9 @@ if triton is not None:
                      R: tl.constexpr, N: tl.constexpr, PASS: tl.constexpr,
                      MASKED: tl.constexpr = True):
         """What step ``step`` reads at its ``pixel``: x, and the low-rank dt, B and C of this
-        direction (zeros past ``stop``; unless not MASKED: the caller knows step < stop)."""
-        valid = step < stop if MASKED else True
+        direction (zeros outside 0 <= step < stop; unless not MASKED: the caller knows the step
+        is inside)."""
+        valid = (step >= 0) & (step < stop) if MASKED else True
         xv = tl.load(x_base + pixel * channels, mask=d_mask & valid, other=0.0).to(tl.float32)
         p = proj_base + pixel * (4 * (R + 2 * N))
         dt_low = tl.load(p + r, mask=(r < R) & valid, other=0.0).to(tl.float32)
@@ -250,6 +251,19 @@ if triton is not None:
                      h, mask=d_mask[None, :])
 
     @triton.jit
+    def _backward_step_inputs(step, pixel, i, at, dy_base, scratch, N: tl.constexpr,
+                              R: tl.constexpr, BLOCK_D: tl.constexpr):
+        """What the backward walk reads at ``step`` (row ``i`` of the interval): the step's
+        inputs, dy, and the state the interval's recomputation left in ``scratch``; zeros
+        outside the sequence, where the one-step-ahead reads run past its ends."""
+        valid, _, xv, dt_low, Bv, Cv = _step_inputs(step, pixel, *at, R, N, 0)
+        channels, d_mask = at[3], at[4]
+        dy = tl.load(dy_base + pixel * channels, mask=d_mask & valid, other=0.0)
+        h = tl.load(scratch + i * N * BLOCK_D, mask=(tl.arange(0, N) >= 0)[:, None] & (i >= 0),
+                    other=0.0)
+        return xv, dt_low, Bv, Cv, dy, h
+
+    @triton.jit
     def _ss2d_bwd(
         x_ptr, proj_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, dy_ptr, checkpoint_ptr, scratch_ptr,
         dx_ptr, dproj_ptr, ddtw_ptr, dbias_ptr, dA_ptr, dD_ptr,
@@ -262,6 +276,10 @@ if triton is not None:
         time: the interval's states are recomputed from the checkpoint into a small scratch
         buffer (the program's own, cache-resident), then read back in reverse order while the
         state gradient g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} is carried down.
+
+        Both walks read a step's inputs one step ahead, before the current step is computed:
+        the loads' latency then overlaps a step's arithmetic instead of stalling it (a program
+        walks alone, one warp, with ~12 programs an SM to hide latency behind).
 
         Sums over the channels (the gradients of the pixel's B, C and low-rank dt) and over the
         four directions (that of x) are added with atomics; those of the per-channel parameters
@@ -305,29 +323,36 @@ if triton is not None:
                         mask=d_mask[None, :], other=0.0)
             inner, count, stride, jump = _walk(start, direction, height, width)
             pixel = _pixel(start, direction, height, width, length)
+            _, _, xv, dt_low, Bv, _ = _step_inputs(start, pixel, *at, R, N, 1)
             for i in range(0, CHECKPOINT):
-                valid, _, xv, dt_low, Bv, Cv = _step_inputs(start + i, pixel, *at, R, N, 1)
                 pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
-                dt = _dt(valid, dt_low, dt_w, bias)[1]
+                _, _, next_x, next_dt_low, next_B, _ = _step_inputs(start + i + 1, pixel, *at,
+                                                                    R, N, 1)
+                dt = _dt(start + i < length, dt_low, dt_w, bias)[1]
                 h = _next_state(h, dt, xv, Bv, A2)
                 tl.store(scratch + i * N * BLOCK_D, h)
+                xv, dt_low, Bv = next_x, next_dt_low, next_B
             tl.debug_barrier()  # the states are read back below
+            pixel, inner = _previous_pixel(pixel, inner, count, stride, jump)
+            xv, dt_low, Bv, Cv, dy, h = _backward_step_inputs(
+                start + CHECKPOINT - 1, pixel, CHECKPOINT - 1, at, dy_base, scratch, N, R, BLOCK_D)
             for j in range(0, CHECKPOINT):
                 i = CHECKPOINT - 1 - j
+                here = pixel
                 pixel, inner = _previous_pixel(pixel, inner, count, stride, jump)
-                valid, _, xv, dt_low, Bv, Cv = _step_inputs(start + i, pixel, *at, R, N, 0)
+                next_x, next_dt_low, next_B, next_C, next_dy, next_h = _backward_step_inputs(
+                    start + i - 1, pixel, i - 1, at, dy_base, scratch, N, R, BLOCK_D)
+                valid = start + i < length
                 raw, dt = _dt(valid, dt_low, dt_w, bias)
                 decay = tl.exp2(dt[None, :] * A2)
-                h = tl.load(scratch + i * N * BLOCK_D)
-                dy = tl.load(dy_base + pixel * channels, mask=d_mask & valid, other=0.0)
                 g = Cv[:, None] * dy[None, :] + decay_next * g
                 decayed_prev = h - (dt * xv)[None, :] * Bv[:, None]  # exp(dt_t A) h_{t-1}
                 g_b = tl.sum(g * Bv[:, None], axis=0)
                 dx = g_b * dt + Dv * dy
                 ddt = tl.sum(g * A * decayed_prev, axis=0) + g_b * xv
                 draw = tl.where(valid & d_mask, ddt * tl.sigmoid(raw), 0.0)
-                at_pixel = dproj_base + pixel * (4 * (R + 2 * N))
-                tl.atomic_add(dx_base + pixel * channels, dx, mask=d_mask & valid, sem="relaxed")
+                at_pixel = dproj_base + here * (4 * (R + 2 * N))
+                tl.atomic_add(dx_base + here * channels, dx, mask=d_mask & valid, sem="relaxed")
                 tl.atomic_add(at_pixel + r, tl.sum(dt_w * draw[None, :], axis=1),
                               mask=(r < R) & valid, sem="relaxed")
                 tl.atomic_add(at_pixel + R + n, tl.sum(g * (dt * xv)[None, :], axis=1),
@@ -339,6 +364,7 @@ if triton is not None:
                 dbias_sum += draw
                 dD_sum += dy * xv
                 decay_next = decay
+                xv, dt_low, Bv, Cv, dy, h = next_x, next_dt_low, next_B, next_C, next_dy, next_h
             tl.debug_barrier()  # the scratch is written again by the next interval
         tl.atomic_add(dA_ptr + (direction * N + n[:, None]) * channels + d[None, :], dA_sum,
                       mask=d_mask[None, :], sem="relaxed")
@@ -424,6 +450,11 @@ def _forward(x, proj, params, checkpoint_every=0):
 _CHECKPOINT = 32
 _BWD_BLOCK_D = 16
 _BWD_WARPS = 1
+# Registers a thread of the backward kernel may use. Its one-step-ahead reads take it to ~210,
+# which leaves room for 9 one-warp programs an SM; held to 168 (which the compiler meets
+# without spilling) 12 fit, and the backward is 1.25-1.55x faster at every stage than without
+# the reads ahead, where 210 registers made it slower (H100, benchmarks/RESULTS.md).
+_BWD_MAX_REGISTERS = 168
 
 
 class _FusedSS2D(torch.autograd.Function):
@@ -452,7 +483,8 @@ class _FusedSS2D(torch.autograd.Function):
         _ss2d_bwd[(N_DIRECTIONS * n_blocks, batch)](
             x, proj, *params, dy.float().contiguous(), checkpoints, scratch, dx, dproj, *grads,
             height, width, channels, height * width,
-            BLOCK_D=_BWD_BLOCK_D, CHECKPOINT=_CHECKPOINT, num_warps=_BWD_WARPS, **sizes)
+            BLOCK_D=_BWD_BLOCK_D, CHECKPOINT=_CHECKPOINT, num_warps=_BWD_WARPS,
+            maxnreg=_BWD_MAX_REGISTERS, **sizes)
         ddtw, dbias, dA, dD = (g.to(p.dtype) for g, p in zip(grads, params, strict=True))
         return (dx.to(x.dtype), dproj.to(proj.dtype), ddtw.transpose(1, 2), dbias,
                 dA.transpose(1, 2), dD)
