@@ -259,8 +259,8 @@ if triton is not None:
         valid, _, xv, dt_low, Bv, Cv = _step_inputs(step, pixel, *at, R, N, 0)
         channels, d_mask = at[3], at[4]
         dy = tl.load(dy_base + pixel * channels, mask=d_mask & valid, other=0.0)
-        h = tl.load(scratch + i * N * BLOCK_D, mask=(tl.arange(0, N) >= 0)[:, None] & (i >= 0),
-                    other=0.0)
+        inside = (tl.arange(0, N) >= 0)[:, None] & (i >= 0)  # i >= 0 over the whole tile
+        h = tl.load(scratch + i * N * BLOCK_D, mask=inside, other=0.0)
         return xv, dt_low, Bv, Cv, dy, h
 
     @triton.jit
@@ -452,8 +452,8 @@ _BWD_BLOCK_D = 16
 _BWD_WARPS = 1
 # Registers a thread of the backward kernel may use. Its one-step-ahead reads take it to ~210,
 # which leaves room for 9 one-warp programs an SM; held to 168 (which the compiler meets
-# without spilling) 12 fit, and the backward is 1.25-1.55x faster at every stage than without
-# the reads ahead, where 210 registers made it slower (H100, benchmarks/RESULTS.md).
+# without spilling) 12 fit, and the backward is 1.1-1.55x faster than without the reads ahead
+# (1.3x at stage 0), where 210 registers made it slower (H100, benchmarks/RESULTS.md).
 _BWD_MAX_REGISTERS = 168
 
 
