@@ -1,7 +1,8 @@
 """A previous version against the working tree, measured in the same run.
 
-    python benchmarks/compare.py [--baseline HEAD] [--candidate REV] [--device cuda|cpu]
-                                 [--rounds 2] [--repeats N] [--skip-training]
+    python benchmarks/compare.py [--baseline HEAD | --baseline-src DIR] [--candidate REV]
+                                 [--device cuda|cpu] [--rounds 2] [--repeats N]
+                                 [--skip-inference | --skip-training]
 
 benchmarks/RESULTS.md records every speed change next to the previous version measured in the
 same run, on the same machine. This script does that comparison in one command. It exports the
@@ -10,7 +11,11 @@ candidate (uncommitted changes included; ``--candidate REV`` exports a revision 
 version is measured in fresh Python processes that import its own ``napari_vmunet`` (on the GPU
 each tunes its Triton kernels anew), baseline and candidate alternating ``--rounds`` times. It
 prints medians over the rounds, the ratio candidate / baseline, and how far the candidate's
-logits are from the baseline's.
+logits are from the baseline's (when inference is measured).
+
+Where the copy of the repository has no git history (a GPU machine it was copied to), export the
+baseline where git is (``git archive REV src | tar -x -C DIR``), take DIR along, and pass
+``--baseline-src DIR/src``.
 
 Measured, on the released configuration (config B, random weights from seed 0, 256² inputs):
 
@@ -188,6 +193,9 @@ def _versions(device: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="HEAD", help="git revision to compare against")
+    parser.add_argument("--baseline-src", type=Path,
+                        help="instead of --baseline: a src/ folder holding the baseline's "
+                             "napari_vmunet (for a copy of the repository without git history)")
     parser.add_argument("--candidate", help="git revision to measure (default: the working tree)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
                         help="default: cuda when a GPU is visible")
@@ -195,7 +203,9 @@ def main(argv=None) -> int:
                         help="baseline/candidate alternations (medians over these)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed runs per measurement (default 10 on the GPU, 3 on the CPU)")
-    parser.add_argument("--skip-training", action="store_true")
+    skip = parser.add_mutually_exclusive_group()
+    skip.add_argument("--skip-inference", action="store_true")
+    skip.add_argument("--skip-training", action="store_true")
     parser.add_argument("--worker", choices=["inference", "training"], help=argparse.SUPPRESS)
     parser.add_argument("--logits", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -209,16 +219,22 @@ def main(argv=None) -> int:
         _worker(args.worker, args.device, args.repeats, args.logits)
         return 0
 
-    parts = ["inference"] + ([] if args.skip_training else ["training"])
+    if args.baseline_src and not (args.baseline_src / "napari_vmunet" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline-src {args.baseline_src} holds no napari_vmunet package: "
+                         "pass the src/ folder of an exported revision")
+    parts = (([] if args.skip_inference else ["inference"])
+             + ([] if args.skip_training else ["training"]))
     print(_versions(args.device))
+    baseline = (str(args.baseline_src) if args.baseline_src
+                else f"{args.baseline} ({_short(args.baseline)})")
     candidate = (f"{args.candidate} ({_short(args.candidate)})" if args.candidate
                  else "the working tree's src/")
-    print(f"baseline {args.baseline} ({_short(args.baseline)}), candidate {candidate}; "
+    print(f"baseline {baseline}, candidate {candidate}; "
           f"{args.rounds} round(s) of {args.repeats} timed runs", flush=True)
     runs: dict[str, dict[str, list[float]]] = {"baseline": {}, "candidate": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sources = {"baseline": _export(args.baseline, tmp / "baseline"),
+        sources = {"baseline": args.baseline_src or _export(args.baseline, tmp / "baseline"),
                    "candidate": (_export(args.candidate, tmp / "candidate") if args.candidate
                                  else REPO / "src")}
         for round_ in range(args.rounds):
@@ -229,16 +245,19 @@ def main(argv=None) -> int:
                         runs[name].setdefault(metric, []).append(value)
                     print(f"  round {round_ + 1} {name:9s} {part:9s} " + ", ".join(
                         f"{m} {v:.4g}" for m, v in results.items()), flush=True)
-        import torch
+        if "inference" in parts:
+            import torch
 
-        base, cand = torch.load(tmp / "baseline.pt"), torch.load(tmp / "candidate.pt")
+            base, cand = (torch.load(tmp / f"{name}.pt", weights_only=True)
+                          for name in ("baseline", "candidate"))
     print(f"\n{'metric':36s} {'baseline':>10s} {'candidate':>10s} {'cand/base':>10s}")
     for metric, values in runs["baseline"].items():
         b, c = statistics.median(values), statistics.median(runs["candidate"][metric])
         print(f"{metric:36s} {b:10.4g} {c:10.4g} {c / b:10.3f}")
-    print(f"logits, candidate against baseline: max |difference| "
-          f"{float((cand - base).abs().max()):.3g}, relative (norm) "
-          f"{float((cand - base).norm() / base.norm()):.3g}")
+    if "inference" in parts:
+        print(f"logits, candidate against baseline: max |difference| "
+              f"{float((cand - base).abs().max()):.3g}, relative (norm) "
+              f"{float((cand - base).norm() / base.norm()):.3g}")
     return 0
 
 
