@@ -251,15 +251,16 @@ if triton is not None:
                      h, mask=d_mask[None, :])
 
     @triton.jit
-    def _backward_step_inputs(step, pixel, i, at, dy_base, scratch, N: tl.constexpr,
-                              R: tl.constexpr, BLOCK_D: tl.constexpr):
+    def _backward_step_inputs(step, pixel, i, stop, x_base, proj_base, channels, d_mask, r, n,
+                              dy_base, scratch, R: tl.constexpr, N: tl.constexpr,
+                              BLOCK_D: tl.constexpr):
         """What the backward walk reads at ``step`` (row ``i`` of the interval): the step's
         inputs, dy, and the state the interval's recomputation left in ``scratch``; zeros
         outside the sequence, where the one-step-ahead reads run past its ends."""
-        valid, _, xv, dt_low, Bv, Cv = _step_inputs(step, pixel, *at, R, N, 0)
-        channels, d_mask = at[3], at[4]
+        valid, _, xv, dt_low, Bv, Cv = _step_inputs(step, pixel, stop, x_base, proj_base,
+                                                    channels, d_mask, r, n, R, N, 0)
         dy = tl.load(dy_base + pixel * channels, mask=d_mask & valid, other=0.0)
-        inside = (tl.arange(0, N) >= 0)[:, None] & (i >= 0)  # i >= 0 over the whole tile
+        inside = (n >= 0)[:, None] & (i >= 0)  # i >= 0 over the whole (N, BLOCK_D) tile
         h = tl.load(scratch + i * N * BLOCK_D, mask=inside, other=0.0)
         return xv, dt_low, Bv, Cv, dy, h
 
@@ -335,13 +336,14 @@ if triton is not None:
             tl.debug_barrier()  # the states are read back below
             pixel, inner = _previous_pixel(pixel, inner, count, stride, jump)
             xv, dt_low, Bv, Cv, dy, h = _backward_step_inputs(
-                start + CHECKPOINT - 1, pixel, CHECKPOINT - 1, at, dy_base, scratch, N, R, BLOCK_D)
+                start + CHECKPOINT - 1, pixel, CHECKPOINT - 1, *at, dy_base, scratch, R, N,
+                BLOCK_D)
             for j in range(0, CHECKPOINT):
                 i = CHECKPOINT - 1 - j
                 here = pixel
                 pixel, inner = _previous_pixel(pixel, inner, count, stride, jump)
                 next_x, next_dt_low, next_B, next_C, next_dy, next_h = _backward_step_inputs(
-                    start + i - 1, pixel, i - 1, at, dy_base, scratch, N, R, BLOCK_D)
+                    start + i - 1, pixel, i - 1, *at, dy_base, scratch, R, N, BLOCK_D)
                 valid = start + i < length
                 raw, dt = _dt(valid, dt_low, dt_w, bias)
                 decay = tl.exp2(dt[None, :] * A2)
