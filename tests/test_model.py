@@ -270,18 +270,22 @@ def test_fused_conv_silu_trains_as_pytorch_on_cuda(autocast):
     assert results[1][1][..., 96:].abs().max() == 0  # nothing flows into the other half
 
 
+def _on_gpu(*values):
+    return pytest.param(*values, marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA GPU")])
+
+
 @pytest.mark.parametrize(
-    ("device", "autocast"),
-    [("cpu", False),
-     pytest.param("cuda", False, marks=[pytest.mark.gpu, pytest.mark.skipif(
-         not torch.cuda.is_available(), reason="needs a CUDA GPU")]),
-     pytest.param("cuda", True, marks=[pytest.mark.gpu, pytest.mark.skipif(
-         not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
-def test_gated_layer_norm_trains_as_pytorch(device, autocast):
-    """In training SS2D's ``out_norm(y) * silu(z)`` is one autograd function that keeps only y
-    and z: the same result and the same gradients for y, z (through the view of in_proj's
-    output), the weight and the bias as nn.LayerNorm and F.silu, in float32 and (GPU) under
-    bf16 autocast, where it is written in bf16 for out_proj."""
+    ("device", "autocast", "gated"),
+    [("cpu", False, True), _on_gpu("cuda", False, True), _on_gpu("cuda", True, True),
+     _on_gpu("cuda", False, False), _on_gpu("cuda", True, False)])
+def test_layer_norm_trains_as_pytorch(device, autocast, gated):
+    """In training the LayerNorm is one autograd function that keeps only its input (and SS2D's
+    ``out_norm(y) * silu(z)`` only y and z): the same result and the same gradients for the
+    input, z (through the view of in_proj's output), the weight and the bias as nn.LayerNorm
+    and F.silu, in float32 and (GPU) under bf16 autocast, where a result that feeds a linear
+    layer is written in bf16. The ungated norm takes this path on the GPU only (the CPU keeps
+    nn.LayerNorm, whose memory is the same)."""
     from napari_vmunet.model.fused_norm import layer_norm
 
     torch.manual_seed(0)
@@ -296,18 +300,21 @@ def test_gated_layer_norm_trains_as_pytorch(device, autocast):
         for t in (y, wide, norm.weight, norm.bias):
             t.grad = None
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            z = wide[..., 96:]
+            z = wide[..., 96:] if gated else None
             if fused:
                 out = layer_norm(y, norm, z, feeds_matmul=True)
             else:
-                out = norm(y) * torch.nn.functional.silu(z)
+                out = norm(y) * (torch.nn.functional.silu(z) if gated else 1)
                 if autocast:
-                    out = out.to(torch.bfloat16)  # what out_proj casts it to
+                    out = out.to(torch.bfloat16)  # what the linear layer casts it to
         assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
         (out.float() * grad_out).sum().backward()
-        results.append((out.detach().float(), y.grad, wide.grad, norm.weight.grad,
-                        norm.bias.grad))
+        results.append([out.detach().float(), y.grad, norm.weight.grad, norm.bias.grad]
+                       + ([wide.grad] if gated else []))
+    if not gated:
+        assert wide.grad is None
     tolerance = 1e-2 if autocast else 1e-5
     for got, expected in zip(results[1], results[0], strict=True):
         assert (got - expected).norm() / expected.norm() <= tolerance
-    assert results[1][2][..., :96].abs().max() == 0  # nothing flows into in_proj's x half
+    if gated:
+        assert results[1][4][..., :96].abs().max() == 0  # nothing flows into in_proj's x half

@@ -6,11 +6,12 @@ forward pass once the scan was fused). Here one program normalises many rows, th
 gate ``* silu(z)`` is applied on the way, and a result that goes into a linear layer is written
 in the autocast dtype, which is what that layer would cast it to anyway.
 
-In training the gated form is one autograd function on every device (:class:`_GatedLayerNorm`)
-that keeps only its inputs for the backward; on the GPU its forward is the kernel above and its
-backward a second kernel that recomputes the norm on the way. The ungated norms in training,
-and inference on the CPU or without Triton, use ``nn.LayerNorm`` (and the gate) as they are;
-the module's parameters are the same either way, so checkpoints do not notice.
+In training the norm is one autograd function (:class:`_LayerNorm`) that keeps only its inputs
+for the backward: on the GPU its forward is the kernel above and its backward a second kernel
+that recomputes the norm on the way; the gated form takes the same function on the CPU too,
+for the memory. The ungated norms in training on the CPU, and inference on the CPU or without
+Triton, use ``nn.LayerNorm`` (and the gate) as they are; the module's parameters are the same
+either way, so checkpoints do not notice.
 """
 
 from __future__ import annotations
@@ -52,12 +53,12 @@ if triton is not None:
                  mask=mask)
 
     @triton.jit
-    def _gated_layer_norm_bwd(x_ptr, gate_ptr, w_ptr, b_ptr, grad_ptr, dx_ptr, dgate_ptr,
-                              dw_ptr, db_ptr, rows, channels, gate_stride, eps,
-                              BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ITER: tl.constexpr):
-        """Gradients of norm(x) * silu(gate) for ITER blocks of BLOCK_R rows, the norm
-        recomputed from x; the weight's and bias's sums over this program's rows go to row
-        ``program_id`` of dw and db (summed over the programs by the caller)."""
+    def _layer_norm_bwd(x_ptr, gate_ptr, w_ptr, b_ptr, grad_ptr, dx_ptr, dgate_ptr, dw_ptr,
+                        db_ptr, rows, channels, gate_stride, eps, BLOCK_R: tl.constexpr,
+                        BLOCK_C: tl.constexpr, ITER: tl.constexpr, HAS_GATE: tl.constexpr):
+        """Gradients of norm(x) (times silu(gate) when HAS_GATE) for ITER blocks of BLOCK_R
+        rows, the norm recomputed from x; the weight's and bias's sums over this program's
+        rows go to row ``program_id`` of dw and db (summed over the programs by the caller)."""
         c = tl.arange(0, BLOCK_C)
         c_mask = c < channels
         w = tl.load(w_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
@@ -73,21 +74,23 @@ if triton is not None:
             centred = tl.where(mask, x - mean[:, None], 0.0)
             inv_std = tl.rsqrt(tl.sum(centred * centred, axis=1) / channels + eps)
             x_hat = centred * inv_std[:, None]
-            z = tl.load(gate_ptr + r64 * gate_stride + c[None, :], mask=mask,
-                        other=0.0).to(tl.float32)
             g = tl.load(grad_ptr + r64 * channels + c[None, :], mask=mask,
                         other=0.0).to(tl.float32)
-            sig = tl.sigmoid(z)
-            d_normed = g * z * sig  # zero on masked elements (g = 0 there)
-            d_gate = g * (x_hat * w + b) * sig * (1.0 + z * (1.0 - sig))
+            d_normed = g  # zero on masked elements (g = 0 there)
+            if HAS_GATE:
+                z = tl.load(gate_ptr + r64 * gate_stride + c[None, :], mask=mask,
+                            other=0.0).to(tl.float32)
+                sig = tl.sigmoid(z)
+                d_normed = g * z * sig
+                d_gate = g * (x_hat * w + b) * sig * (1.0 + z * (1.0 - sig))
+                tl.store(dgate_ptr + r64 * channels + c[None, :],
+                         d_gate.to(dgate_ptr.dtype.element_ty), mask=mask)
             d_x_hat = d_normed * w
             mean_d = tl.sum(d_x_hat, axis=1) / channels
             mean_dx = tl.sum(d_x_hat * x_hat, axis=1) / channels
             d_x = inv_std[:, None] * (d_x_hat - mean_d[:, None] - x_hat * mean_dx[:, None])
             tl.store(dx_ptr + r64 * channels + c[None, :], d_x.to(dx_ptr.dtype.element_ty),
                      mask=mask)
-            tl.store(dgate_ptr + r64 * channels + c[None, :],
-                     d_gate.to(dgate_ptr.dtype.element_ty), mask=mask)
             dw += d_normed * x_hat
             db += d_normed
         tl.store(dw_ptr + tl.program_id(0) * channels + c, tl.sum(dw, axis=0), mask=c_mask)
@@ -95,9 +98,20 @@ if triton is not None:
 
 
 def _fused_applies(x: torch.Tensor, norm: nn.LayerNorm) -> bool:
+    """Inference through the forward kernel."""
     if triton is None or not x.is_cuda or len(norm.normalized_shape) != 1 or norm.weight is None:
         return False
     return not (torch.is_grad_enabled() and (x.requires_grad or norm.weight.requires_grad))
+
+
+def _trains(x: torch.Tensor, norm: nn.LayerNorm, gate: torch.Tensor | None) -> bool:
+    """Training through :class:`_LayerNorm`: gated on every device, ungated on the GPU."""
+    if (not torch.is_grad_enabled() or len(norm.normalized_shape) != 1 or norm.weight is None
+            or norm.bias is None):
+        return False
+    if not any(t is not None and t.requires_grad for t in (x, gate, norm.weight, norm.bias)):
+        return False
+    return gate is not None or (triton is not None and x.is_cuda)
 
 
 def _out_dtype(x: torch.Tensor, feeds_matmul: bool) -> torch.dtype:
@@ -133,12 +147,16 @@ def _launch(x, weight, bias, eps, gate, out_dtype):
     return out
 
 
-class _GatedLayerNorm(torch.autograd.Function):
-    """Training: ``layer_norm(x) * silu(gate)`` keeping only x and the gate (a view of in_proj's
-    output, alive anyway) for the backward, which recomputes the rest (one kernel on the GPU).
-    Autograd through the modules kept the normalized x, silu(gate) and the product's copy in
-    the autocast dtype as well: three more tensors of the block's widest size, 0.9 GiB in a
-    training step at 256² batch 32."""
+class _LayerNorm(torch.autograd.Function):
+    """Training: ``layer_norm(x)``, times ``silu(gate)`` when there is a gate, keeping only x
+    and the gate (for SS2D a view of in_proj's output, alive anyway) for the backward, which
+    recomputes the rest (one kernel on the GPU).
+
+    Autograd through the modules kept more: for the gated norm the normalized x, silu(gate)
+    and the product's copy in the autocast dtype, three more tensors of the block's widest size
+    (0.9 GiB in a training step at 256² batch 32). On the GPU PyTorch's own LayerNorm kernels,
+    forward and backward, were also ~10 % of that training step: they give each row of 96-1536
+    channels a thread block of its own, where these kernels walk many rows a program."""
 
     @staticmethod
     def forward(ctx, x, gate, weight, bias, eps, out_dtype):
@@ -147,7 +165,7 @@ class _GatedLayerNorm(torch.autograd.Function):
         if triton is not None and x.is_cuda:
             return _launch(x, weight, bias, eps, gate, out_dtype)
         normed = F.layer_norm(x.float(), weight.shape, weight, bias, eps)
-        return (normed * F.silu(gate.float())).to(out_dtype)
+        return (normed if gate is None else normed * F.silu(gate.float())).to(out_dtype)
 
     @staticmethod
     @once_differentiable
@@ -156,15 +174,18 @@ class _GatedLayerNorm(torch.autograd.Function):
         if triton is not None and x.is_cuda:
             return (*_launch_backward(x, gate, weight, bias, ctx.eps, grad), None, None)
         shape = weight.shape
+        dgate = None
         with torch.autocast(x.device.type, enabled=False):
-            xf, gf, grad = x.float(), gate.float(), grad.float()
+            xf, grad = x.float(), grad.float()
             normed, mean, rstd = torch.native_layer_norm(xf, shape, weight, bias, ctx.eps)
-            dgate = torch.ops.aten.silu_backward(grad * normed, gf)
+            if gate is not None:
+                gf = gate.float()
+                dgate = torch.ops.aten.silu_backward(grad * normed, gf).to(gate.dtype)
+                grad = grad * F.silu(gf)
             dx, dw, db = torch.ops.aten.native_layer_norm_backward(
-                grad * F.silu(gf), xf, shape, mean, rstd, weight, bias,
+                grad, xf, shape, mean, rstd, weight, bias,
                 [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]])
-        return (None if dx is None else dx.to(x.dtype), dgate.to(gate.dtype), dw, db, None,
-                None)
+        return None if dx is None else dx.to(x.dtype), dgate, dw, db, None, None
 
 
 # Row blocks a backward program walks: its weight and bias sums are one row of partial sums
@@ -173,19 +194,21 @@ _BWD_ROW_BLOCKS = 16
 
 
 def _launch_backward(x, gate, weight, bias, eps, grad):
-    """The gradients of x, the gate, the weight and the bias, from the backward kernel."""
+    """The gradients of x, the gate (None without one), the weight and the bias, from the
+    backward kernel."""
     channels = x.shape[-1]
     rows_in, gate_rows, block_c, block_r = _rows(x, gate)
     rows = rows_in.shape[0]
     programs = triton.cdiv(rows, block_r * _BWD_ROW_BLOCKS)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    dgate = torch.empty(gate.shape, device=x.device, dtype=gate.dtype)
+    dgate = None if gate is None else torch.empty(gate.shape, device=x.device, dtype=gate.dtype)
     partial_dw = torch.empty(programs, channels, device=x.device, dtype=torch.float32)
     partial_db = torch.empty_like(partial_dw)
-    _gated_layer_norm_bwd[(programs,)](
-        rows_in, gate_rows, weight, bias, grad.contiguous(), dx, dgate, partial_dw, partial_db,
-        rows, channels, gate_rows.stride(0), eps, BLOCK_R=block_r, BLOCK_C=block_c,
-        ITER=_BWD_ROW_BLOCKS, num_warps=4,
+    _layer_norm_bwd[(programs,)](
+        rows_in, gate_rows, weight, bias, grad.contiguous(), dx,
+        dx if dgate is None else dgate, partial_dw, partial_db, rows, channels,
+        gate_rows.stride(0), eps, BLOCK_R=block_r, BLOCK_C=block_c, ITER=_BWD_ROW_BLOCKS,
+        HAS_GATE=gate is not None, num_warps=4,
     )
     return (dx, dgate, partial_dw.sum(0).to(weight.dtype), partial_db.sum(0).to(bias.dtype))
 
@@ -198,11 +221,9 @@ def layer_norm(x: torch.Tensor, norm: nn.LayerNorm, gate: torch.Tensor | None = 
     written in the autocast dtype, which the following linear layer casts it to anyway. (A
     result that becomes the residual stream stays float32: rounding it loses accuracy.)
     """
-    if (gate is not None and torch.is_grad_enabled() and len(norm.normalized_shape) == 1
-            and norm.weight is not None and norm.bias is not None
-            and any(t.requires_grad for t in (x, gate, norm.weight, norm.bias))):
-        return _GatedLayerNorm.apply(x, gate, norm.weight, norm.bias, norm.eps,
-                                     _out_dtype(x, feeds_matmul))
+    if _trains(x, norm, gate):
+        return _LayerNorm.apply(x, gate, norm.weight, norm.bias, norm.eps,
+                                _out_dtype(x, feeds_matmul))
     if not _fused_applies(x, norm):
         y = norm(x)
         return y * F.silu(gate) if gate is not None else y
