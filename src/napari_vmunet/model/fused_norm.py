@@ -206,7 +206,8 @@ def _launch_backward(x, gate, weight, bias, eps, grad):
     partial_db = torch.empty_like(partial_dw)
     _layer_norm_bwd[(programs,)](
         rows_in, gate_rows, weight, bias, grad.contiguous(), dx,
-        dx if dgate is None else dgate, partial_dw, partial_db, rows, channels,
+        dx if dgate is None else dgate,  # (a placeholder the kernel never writes without a gate)
+        partial_dw, partial_db, rows, channels,
         gate_rows.stride(0), eps, BLOCK_R=block_r, BLOCK_C=block_c, ITER=_BWD_ROW_BLOCKS,
         HAS_GATE=gate is not None, num_warps=4,
     )
