@@ -97,17 +97,22 @@ if triton is not None:
         tl.store(db_ptr + tl.program_id(0) * channels + c, tl.sum(db, axis=0), mask=c_mask)
 
 
+def _kernels_take(norm: nn.LayerNorm) -> bool:
+    """The kernels (and :class:`_LayerNorm`) normalize over the last axis, with a weight and a
+    bias."""
+    return len(norm.normalized_shape) == 1 and norm.weight is not None and norm.bias is not None
+
+
 def _fused_applies(x: torch.Tensor, norm: nn.LayerNorm) -> bool:
     """Inference through the forward kernel."""
-    if triton is None or not x.is_cuda or len(norm.normalized_shape) != 1 or norm.weight is None:
+    if triton is None or not x.is_cuda or not _kernels_take(norm):
         return False
     return not (torch.is_grad_enabled() and (x.requires_grad or norm.weight.requires_grad))
 
 
 def _trains(x: torch.Tensor, norm: nn.LayerNorm, gate: torch.Tensor | None) -> bool:
     """Training through :class:`_LayerNorm`: gated on every device, ungated on the GPU."""
-    if (not torch.is_grad_enabled() or len(norm.normalized_shape) != 1 or norm.weight is None
-            or norm.bias is None):
+    if not torch.is_grad_enabled() or not _kernels_take(norm):
         return False
     if not any(t is not None and t.requires_grad for t in (x, gate, norm.weight, norm.bias)):
         return False
