@@ -21,7 +21,8 @@ Measured, on the released configuration (config B, random weights from seed 0, 2
 
 - ``cuda``: batch 32 in bf16 replayed as a CUDA graph (as the Segmenter runs it) and eager,
   batch 32 fp32 as a CUDA graph, batch 1 fp32 as a CUDA graph; a bf16 training step at batch
-  32 (AdamW, BCE + Dice) and its peak memory, in a process that does nothing else;
+  32 (AdamW, BCE + Dice) and its peak memory, in a process that does nothing else; then the
+  engine's own ``Trainer`` step, as fine-tuning runs it, at batch 32 and 8;
 - ``cpu``: a batch-1 fp32 forward; a training step at batch 2.
 
 Record the output in benchmarks/RESULTS.md with the device and versions it prints.
@@ -124,6 +125,38 @@ def _training(device: str, repeats: int) -> dict:
     torch.cuda.reset_peak_memory_stats()
     results = {"train 256² b32 bf16 ms": _seconds(step, repeats, device) * 1000}
     results["train peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
+    optimizer = None
+    model.zero_grad(set_to_none=True)
+    results.update(_trainer_steps(model, x, labels, repeats))
+    return results
+
+
+def _trainer_steps(model, x, labels, repeats: int) -> dict:
+    """One step of the engine's Trainer, as fine-tuning and training run it (whatever that
+    version does: its optimizer, clipping, schedule, CUDA graph), at batch 32 and at batch 8
+    (fine-tuning's default)."""
+    import gc
+
+    import torch
+
+    from napari_vmunet.engine.training import SliceSet, Trainer, TrainingSettings
+
+    results = {}
+    for batch in (32, 8):
+        xb, yb = x[:batch], labels[:batch]
+        data = SliceSet(xb, yb, [tuple(xb.shape[-2:])] * batch)
+        settings = TrainingSettings(steps=10**6, batch_size=batch, augment=False)
+        trainer = Trainer(model, data, data, settings, x.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(3):  # a CUDA graph's eager warm-up steps and its capture, if it has one
+            trainer._step(xb, yb)
+        seconds = _seconds(lambda: trainer._step(xb, yb), repeats, "cuda")  # noqa: B023
+        results[f"Trainer step b{batch} bf16 ms"] = seconds * 1000
+        results[f"Trainer b{batch} peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
+        trainer = None  # and the memory of its graph, if any
+        model.zero_grad(set_to_none=True)
+        gc.collect()
     return results
 
 

@@ -19,8 +19,10 @@ one the authors' code uses, when it imports), on the same GPU in the same run:
    (fp32; eager, and replayed as a CUDA graph), 256² batch 32 throughput in fp32 and bf16
    autocast (eager, and replayed as a CUDA graph as the Segmenter runs it: eager timings
    include the host's launch overhead, ~10-20 ms a forward pass of ours depending on the CPU),
-   512² batch 8 (bf16), and a training step at 256² batch 32 in bf16 (AdamW,
-   BCE + Dice) with its peak memory; outputs of every backend compared with the first one's.
+   512² batch 8 (bf16), and a training step at 256² batch 32 in bf16 (BCE + Dice) with its
+   peak memory: eager with PyTorch's default AdamW, and as our Trainer runs it on CUDA (fused
+   AdamW, the whole step replayed as one CUDA graph); outputs of every backend compared with
+   the first one's.
    The same for the authors' model (``--authors-repo``, with the same weights; needs
    mamba-ssm's kernel) and nnU-Net's 2D PlainConvUNet (when dynamic-network-architectures
    imports).
@@ -201,8 +203,45 @@ def bench_model(model, logits, repeats: int, reference_outputs: dict | None = No
     torch.cuda.reset_peak_memory_stats()
     results["train 256² b32 bf16 ms"] = timed(train_step, max(3, repeats // 2)) * 1000
     results["train peak GiB"] = torch.cuda.max_memory_allocated() / 2**30
+    optimizer = None
+    results.update(bench_graphed_training(model, logits, x32, labels, repeats))
     model.cpu()
     torch.cuda.empty_cache()
+    return results
+
+
+def bench_graphed_training(model, logits, x, labels, repeats: int) -> dict:
+    """The same training step as our Trainer runs it on CUDA: fused AdamW (its learning rate a
+    tensor), replayed as one CUDA graph (``engine.cuda_graphs.GraphedStep``)."""
+    from napari_vmunet.engine.cuda_graphs import GraphedStep
+    from napari_vmunet.engine.training import segmentation_loss
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-4, device="cuda"),
+                                  fused=True)
+
+    def update(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = segmentation_loss(logits(x).float(), y)
+        loss.backward()
+        for group in optimizer.param_groups:
+            group["capturable"] = torch.cuda.is_current_stream_capturing()
+        optimizer.step()
+        return loss.detach()
+
+    graphed = GraphedStep(update)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(graphed.warmup + 1):  # the eager warm-up, then the capture
+        graphed(x, labels)
+    if graphed.eager_because:
+        print(f"  (no CUDA graph for the training step: {graphed.eager_because})")
+        return {}
+    seconds = timed(lambda: graphed(x, labels), max(3, repeats // 2))
+    results = {"train 256² b32 bf16 ms, CUDA graph": seconds * 1000,
+               "train peak GiB, CUDA graph": torch.cuda.max_memory_allocated() / 2**30}
+    graphed.release()
+    optimizer.zero_grad(set_to_none=True)
     return results
 
 

@@ -1,7 +1,9 @@
 """Fine-tuning and training on real volumes: learning, stopping, saving, bad input, torchrun."""
 
+import itertools
 import subprocess
 import sys
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -9,12 +11,14 @@ import torch
 
 from napari_vmunet import cli
 from napari_vmunet.checkpoint import file_sha256, load_checkpoint
-from napari_vmunet.engine import Segmenter
+from napari_vmunet.engine import Segmenter, training
+from napari_vmunet.engine.cuda_graphs import GraphedStep
 from napari_vmunet.engine.training import (
     FineTuner,
     Notice,
     TrainingDone,
     TrainingSettings,
+    TrainingStep,
     ValidationResult,
     extend_head,
     split_slices,
@@ -238,6 +242,117 @@ def test_fine_tuning_on_cuda_in_bf16(head):
     validations = [e for e in events if isinstance(e, ValidationResult)]
     assert events[-1].stop_reason == "finished" and validations[-1].best_dice > 0.6
     assert next(model.parameters()).device.type == "cuda"
+
+
+class CountedCaptures(GraphedStep):
+    """The engine's graphed step, counting the batch shapes it captured."""
+
+    shapes: ClassVar[list] = []
+
+    def _capture(self, x, y):
+        super()._capture(x, y)
+        CountedCaptures.shapes.append(tuple(x.shape))
+
+
+class NeverCaptured(GraphedStep):
+    def __init__(self, step, **kwargs):
+        super().__init__(step, **kwargs)
+        self.eager_because = "compared against the CUDA graph"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_captured_training_step_trains_as_the_eager_one(head, monkeypatch):
+    """On CUDA every step after the warm-up replays one CUDA graph; the losses, the schedule's
+    rates and the Dice are those of the same training run eagerly."""
+    image, mask = head
+    settings = TrainingSettings(steps=12, batch_size=4, validate_every=6, augment=False,
+                                bf16=False, learning_rate=2e-3)
+    runs = {}
+    for name, step_class in [("graph", CountedCaptures), ("eager", NeverCaptured)]:
+        monkeypatch.setattr(training, "GraphedStep", step_class)
+        CountedCaptures.shapes = []
+        model = small_model(drop_path_rate=0.0)  # stochastic depth draws differ in a graph
+        events = run(FineTuner(model, image, mask, [25, 35, 45, 55, 65], 2, device="cuda",
+                               settings=settings))
+        runs[name] = events
+        if name == "graph":
+            # captured once (at step 3), for batches of 4
+            assert [shape[0] for shape in CountedCaptures.shapes] == [4]
+    steps = {name: [e for e in events if isinstance(e, TrainingStep)]
+             for name, events in runs.items()}
+    assert [e.learning_rate for e in steps["graph"]] == [e.learning_rate for e in steps["eager"]]
+    graph_loss = np.array([e.loss for e in steps["graph"]])
+    eager_loss = np.array([e.loss for e in steps["eager"]])
+    assert len(graph_loss) == 12 and graph_loss[-1] < graph_loss[0]
+    np.testing.assert_allclose(graph_loss, eager_loss, rtol=1e-3)
+    assert abs(runs["graph"][-1].best_dice - runs["eager"][-1].best_dice) < 0.01
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_nan_loss_in_the_captured_step_leaves_weights_and_optimizer_finite(head,
+                                                                           monkeypatch):
+    """The captured step cannot ask the host whether the loss is finite: AdamW skips the update
+    on the GPU. Poisoned when captured, the first replay's loss is NaN and changes nothing."""
+    image, mask = head
+    model = small_model()
+    forward = model.forward_logits
+
+    def poisoned_when_captured(x):
+        out = forward(x)
+        return out * float("nan") if torch.cuda.is_current_stream_capturing() else out
+
+    monkeypatch.setattr(model, "forward_logits", poisoned_when_captured)
+    tuner = FineTuner(model, image, mask, [20, 30, 40], 2, device="cuda",
+                      settings=TrainingSettings(steps=20, batch_size=2, validate_every=10))
+    after_last_good_step = None
+    for event in tuner.run():
+        if isinstance(event, TrainingStep):
+            after_last_good_step = {k: v.clone() for k, v in model.state_dict().items()}
+        if isinstance(event, Notice) and "the loss became nan" in event.message:
+            break  # before the best weights are restored
+    assert tuner.trainer.step == 3  # two eager steps, then the captured one
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in after_last_good_step.items())
+    moments = [t for s in tuner.trainer.optimizer.state.values() for t in s.values()]
+    assert moments and all(bool(torch.isfinite(t).all()) for t in moments)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_out_of_memory_while_capturing_halves_the_batch_and_captures_again(head,
+                                                                         monkeypatch):
+    image, mask = head
+    model = small_model()
+    forward = model.forward_logits
+    monkeypatch.setattr(training, "GraphedStep", CountedCaptures)
+    CountedCaptures.shapes = []
+
+    def short_of_memory_for_4(x):
+        if x.shape[0] > 2 and torch.cuda.is_current_stream_capturing():
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(x)
+
+    monkeypatch.setattr(model, "forward_logits", short_of_memory_for_4)
+    events = run(FineTuner(model, image, mask, [20, 30, 40, 50, 60], 2, device="cuda",
+                           settings=TrainingSettings(steps=8, batch_size=8, validate_every=4)))
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert "out of GPU memory: continuing with batches of 2" in notices
+    assert [shape[0] for shape in CountedCaptures.shapes] == [2]
+    assert events[-1].steps_run == 8 and events[-1].stop_reason == "finished"
+
+
+def test_learning_rate_warms_up_then_falls_to_a_hundredth(head):
+    image, mask = head
+    tuner = FineTuner(small_model(), image, mask, [30, 40], 2, device="cpu",
+                      settings=TrainingSettings(steps=40, learning_rate=1e-3,
+                                                warmup_fraction=0.1, validate_every=10))
+    events = run(tuner)
+    rates = [e.learning_rate for e in events if isinstance(e, TrainingStep)]
+    assert rates[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert all(a >= b for a, b in itertools.pairwise(rates[3:]))
+    assert 1e-5 < rates[-1] < 1.5e-5  # the last step is 35/36 of the way down the cosine
 
 
 def test_out_of_memory_halves_the_training_batch(head, monkeypatch):

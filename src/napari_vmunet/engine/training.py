@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..recipes import Recipe, recipe_for
 from .augment import augment
+from .cuda_graphs import GraphedStep
 from .device import resolve_device
 from .inference import Notice  # one event type for "tell the user", segmenting or training
 from .preprocess import (
@@ -253,18 +254,27 @@ class Trainer:
         self.history: list[dict] = []
         self.step = 0
         self.parameters = self._trainable_parameters()
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=settings.learning_rate,
-                                           weight_decay=settings.weight_decay)
-        warmup = max(1, round(settings.steps * settings.warmup_fraction))
-
-        def schedule(step):  # linear warm-up, then cosine to 1% of the peak
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, settings.steps - warmup)
-            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        cuda = device.type == "cuda"
+        # On CUDA, AdamW runs fused (one kernel for all parameters) and reads its learning rate
+        # from a tensor that the schedule fills, so that a captured step sees each new rate.
+        self._learning_rate = (torch.tensor(settings.learning_rate, device=device) if cuda
+                               else None)
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=self._learning_rate if cuda else settings.learning_rate,
+            weight_decay=settings.weight_decay, fused=cuda or None)
+        # One process on CUDA: the whole step is replayed as a CUDA graph (no launch overhead).
+        # Under DistributedDataParallel its gradient all-reduce would have to be captured too.
+        self._graphed = GraphedStep(self._update) if cuda and ddp_model is None else None
         self.generator = torch.Generator().manual_seed(settings.seed * 1000 + rank)
+
+    def learning_rate(self, step: int) -> float:
+        """The rate of 0-based ``step``: a linear warm-up, then a cosine down to 1 % of the peak."""
+        s = self.settings
+        warmup = max(1, round(s.steps * s.warmup_fraction))
+        if step < warmup:
+            return s.learning_rate * (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, s.steps - warmup))
+        return s.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def _trainable_parameters(self):
         for name, p in self.model.named_parameters():
@@ -280,7 +290,7 @@ class Trainer:
         ``torch.load(weights_only=True)``)."""
         return {
             "step": self.step, "model": _cpu_copy(self.model.state_dict()),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "best_state": self.best_state, "best_dice": self.best_dice,
             "best_step": self.best_step, "generator": self.generator.get_state(),
             "history": self.history,
@@ -289,13 +299,23 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for group in self.optimizer.param_groups:  # the loaded rate, a number, is set per step
+            group["lr"] = (self._learning_rate if self._learning_rate is not None
+                           else self.settings.learning_rate)
         self.best_state, self.best_dice = state["best_state"], state["best_dice"]
         self.best_step, self.step = state["best_step"], state["step"]
         self.generator.set_state(state["generator"])
         self.history = list(state["history"])
 
     def run(self) -> Iterator:
+        try:
+            yield from self._run()
+        finally:  # finished, stopped or failed: the CUDA graph's memory goes back
+            if self._graphed is not None:
+                self._graphed.release()
+                self.optimizer.zero_grad(set_to_none=True)  # the gradients live in its memory
+
+    def _run(self) -> Iterator:
         s = self.settings
         # Stochastic depth draws from torch's global generator: seeding it makes a run
         # repeatable (batches and augmentation use self.generator).
@@ -335,7 +355,7 @@ class Trainer:
             elapsed = time.perf_counter() - start
             rate = seen / elapsed
             eta = elapsed / (self.step - first_step) * (s.steps - self.step)
-            lr = self.scheduler.get_last_lr()[0]
+            lr = self.learning_rate(self.step - 1)
             self.history.append({"step": self.step, "loss": loss, "lr": lr})
             yield TrainingStep(self.step, loss, lr, rate, eta)
             if self.step % s.validate_every == 0 or self.step == s.steps:
@@ -352,17 +372,38 @@ class Trainer:
                            time.perf_counter() - start, reason, self.history)
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One step on a batch at the schedule's rate; the loss."""
+        rate = self.learning_rate(self.step)
+        if self._learning_rate is not None:
+            self._learning_rate.fill_(rate)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = rate
+        return float((self._graphed or self._update)(x, y))
+
+    def _update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward, loss, backward and AdamW on one batch; the loss as a tensor. On CUDA the
+        host never waits on the GPU here, so that the step can be captured as a CUDA graph."""
         bf16 = self.settings.bf16 and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             logits = self.forward(x)
         loss = segmentation_loss(logits.float(), y)
         self.optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.grad_clip)
+        loss.backward()
+        # gradients that are not finite (a NaN loss, an overflow) must not reach the weights
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.settings.grad_clip)
+        if self._learning_rate is None:
+            if torch.isfinite(norm):
+                self.optimizer.step()
+        else:
+            # fused AdamW skips the whole update itself when handed ``found_inf``, as under
+            # GradScaler; ``capturable`` only allows the capture and leaves its arithmetic as is
+            self.optimizer.found_inf = (~torch.isfinite(norm)).float()
+            for group in self.optimizer.param_groups:
+                group["capturable"] = torch.cuda.is_current_stream_capturing()
             self.optimizer.step()
-            self.scheduler.step()
-        return float(loss.detach())
+            del self.optimizer.found_inf
+        return loss.detach()
 
     @torch.no_grad()
     def validate(self) -> ValidationResult:
