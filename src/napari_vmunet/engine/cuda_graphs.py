@@ -22,6 +22,10 @@ from collections.abc import Callable
 
 import torch
 
+# Captures run in worker threads (segmenting, fine-tuning), and in napari both can run at once:
+# a capture must not forbid the CUDA calls of another thread, as the default "global" mode does.
+_THREAD_LOCAL = "thread_local"
+
 
 class GraphedForward:
     """``fn(x) -> tensor`` on CUDA, replayed from CUDA graphs per input shape and dtype.
@@ -75,7 +79,7 @@ class GraphedForward:
             self._run(static_in)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode=_THREAD_LOCAL):
             static_out = self._run(static_in)
         return graph, static_in, static_out
 
@@ -153,9 +157,7 @@ class GraphedStep:
         # a GPU with room for one step would need room for two.
         torch.cuda.empty_cache()
         graph = torch.cuda.CUDAGraph()
-        # thread_local: the fine-tuning widget captures in a worker thread while the GUI
-        # thread may touch CUDA (another model segmenting); "global" would fail either
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, capture_error_mode=_THREAD_LOCAL):
             loss = self.step(static_x, static_y)
         # the capture recorded the step without running it: the caller replays it
         self._graph = (graph, static_x, static_y, loss)

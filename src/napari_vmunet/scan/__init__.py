@@ -41,7 +41,7 @@ _REGISTRY: dict[str, ScanBackend] = {}
 # Automatic choice per device type, best first. Names not registered are skipped, so a backend
 # can be listed before it exists.
 _PREFERENCE: dict[str, list[str]] = {
-    # Ours first: with the fused SS2D kernels the model infers ~5x and trains ~2x faster
+    # Ours first: with the fused SS2D kernels the model infers ~5x and trains ~2.5x faster
     # than the authors' code on mamba-ssm's kernel (benchmarks/RESULTS.md), compiling nothing.
     "cuda": ["triton", "mamba", "reference"],
     "cpu": ["cpu", "reference"],
