@@ -1,5 +1,6 @@
 """Fine-tuning and training on real volumes: learning, stopping, saving, bad input, torchrun."""
 
+import io
 import itertools
 import subprocess
 import sys
@@ -16,11 +17,13 @@ from napari_vmunet.engine.cuda_graphs import GraphedStep
 from napari_vmunet.engine.training import (
     FineTuner,
     Notice,
+    Trainer,
     TrainingDone,
     TrainingSettings,
     TrainingStep,
     ValidationResult,
     extend_head,
+    prepare_slices,
     split_slices,
 )
 from napari_vmunet.io import read_image
@@ -341,6 +344,42 @@ def test_out_of_memory_while_capturing_halves_the_batch_and_captures_again(head,
     assert "out of GPU memory: continuing with batches of 2" in notices
     assert [shape[0] for shape in CountedCaptures.shapes] == [2]
     assert events[-1].steps_run == 8 and events[-1].stop_reason == "finished"
+
+
+def _trainer_on(device, head, steps):
+    image, mask = head
+    model = small_model().to(device)
+    data = prepare_slices(image, mask, [30, 40, 50], 2, RECIPES["mri"],
+                          model.config.size_multiple, torch.device(device))
+    return Trainer(model, data, data, TrainingSettings(steps=steps, batch_size=2,
+                                                       validate_every=3), torch.device(device))
+
+
+def _saved_and_read_back(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_training_state_resumes_on_the_other_device(head):
+    """Saved on the CPU (AdamW unfused, its rate a number, as earlier versions saved it
+    everywhere) and resumed on CUDA, where AdamW runs fused from a rate tensor; and back."""
+    on_cpu = _trainer_on("cpu", head, steps=3)
+    run_events = list(on_cpu.run())
+    on_cuda = _trainer_on("cuda", head, steps=6)
+    on_cuda.load_state(_saved_and_read_back(on_cpu.state()))
+    group = on_cuda.optimizer.param_groups[0]
+    assert group["fused"] and group["lr"] is on_cuda._learning_rate
+    assert all(s["step"].device.type == "cuda" for s in on_cuda.optimizer.state.values())
+    run_events = list(on_cuda.run())
+    assert on_cuda.step == 6 and run_events[-1].stop_reason == "finished"
+    back_on_cpu = _trainer_on("cpu", head, steps=8)
+    back_on_cpu.load_state(_saved_and_read_back(on_cuda.state()))
+    assert not back_on_cpu.optimizer.param_groups[0]["fused"]
+    assert list(back_on_cpu.run())[-1].steps_run == 8
 
 
 def test_learning_rate_warms_up_then_falls_to_a_hundredth(head):

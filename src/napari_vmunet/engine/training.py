@@ -298,8 +298,15 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group in self.optimizer.param_groups:  # the loaded rate, a number, is set per step
+        # AdamW's moments resume; how it runs is this run's: a state saved on another device
+        # or by an earlier version (unfused, its rate a number) must not switch this one's
+        # fused kernel or rate tensor off
+        saved = state["optimizer"]
+        ours = [{k: v for k, v in group.items() if k != "params"}
+                for group in self.optimizer.param_groups]
+        self.optimizer.load_state_dict({**saved, "param_groups": [
+            {**old, **new} for old, new in zip(saved["param_groups"], ours, strict=True)]})
+        for group in self.optimizer.param_groups:  # loading copied the rate tensor
             group["lr"] = (self._learning_rate if self._learning_rate is not None
                            else self.settings.learning_rate)
         self.best_state, self.best_dice = state["best_state"], state["best_dice"]
