@@ -362,7 +362,7 @@ class Trainer:
             elapsed = time.perf_counter() - start
             rate = seen / elapsed
             eta = elapsed / (self.step - first_step) * (s.steps - self.step)
-            lr = self.learning_rate(self.step - 1)
+            lr = self.learning_rate(self.step - 1)  # the rate the step just taken used
             self.history.append({"step": self.step, "loss": loss, "lr": lr})
             yield TrainingStep(self.step, loss, lr, rate, eta)
             if self.step % s.validate_every == 0 or self.step == s.steps:
