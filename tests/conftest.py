@@ -39,6 +39,18 @@ def perturb(model, scale=0.1, seed=0):
 DATA = __import__("pathlib").Path(__file__).parent / "data"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip cleanly where no CUDA GPU is visible (CI, laptops)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(no_gpu)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny VM-UNet saved in our format with the MRI recipe (random but fixed weights)."""

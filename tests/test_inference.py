@@ -285,7 +285,6 @@ def test_recipes_that_keep_the_largest_region_say_what_changed(head):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_replays_give_the_eager_results(tiny_model):
     from napari_vmunet.engine.cuda_graphs import GraphedForward
 

@@ -133,7 +133,6 @@ def test_model_layer_imports_neither_qt_nor_napari():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_model_on_cuda_matches_cpu(tiny_model):
     x = torch.randn(2, 1, 64, 96)
     with torch.no_grad():
@@ -151,7 +150,6 @@ def test_model_on_cuda_matches_cpu(tiny_model):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_model_gradients_on_cuda_match_cpu(tiny_model):
     """Training on the GPU (the fused SS2D backward kernel, Triton) gives every parameter the
     gradient the CPU computes, in float32."""
@@ -172,7 +170,6 @@ def test_model_gradients_on_cuda_match_cpu(tiny_model):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("channels", [96, 192, 1536, 20])
 def test_fused_layer_norm_and_gate_match_pytorch_on_cuda(channels):
     """The Triton LayerNorm (inference) against nn.LayerNorm, with and without the SiLU gate
@@ -204,7 +201,6 @@ def test_fused_layer_norm_and_gate_match_pytorch_on_cuda(channels):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize(("shape", "channels"), [((2, 64, 64), 192), ((1, 17, 45), 70),
                                                  ((3, 8, 5), 1536), ((1, 1, 1), 8)])
 def test_fused_conv_silu_matches_pytorch_on_cuda(shape, channels):
@@ -232,7 +228,6 @@ def test_fused_conv_silu_matches_pytorch_on_cuda(shape, channels):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("autocast", [False, True])
 def test_fused_conv_silu_trains_as_pytorch_on_cuda(autocast):
     """With gradients the fused convolution + SiLU gives one result in the dtype PyTorch's
@@ -271,8 +266,7 @@ def test_fused_conv_silu_trains_as_pytorch_on_cuda(autocast):
 
 
 def _on_gpu(*values):
-    return pytest.param(*values, marks=[pytest.mark.gpu, pytest.mark.skipif(
-        not torch.cuda.is_available(), reason="needs a CUDA GPU")])
+    return pytest.param(*values, marks=pytest.mark.gpu)
 
 
 @pytest.mark.parametrize(

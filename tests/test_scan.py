@@ -154,7 +154,6 @@ def test_a_registered_backend_joins_the_automatic_choice(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("backend", ["reference", "mamba", "triton"])
 @pytest.mark.parametrize("batch, channels, length, n_state, groups", [
     (2, 4 * 32, 300, 16, 4),   # grouped as VM-UNet, L not a multiple of any chunk
@@ -180,7 +179,6 @@ def test_cuda_backends_match_the_reference(backend, batch, channels, length, n_s
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_takes_half_precision_inputs(dtype):
     """bf16/fp16 u, delta, B, C (as under autocast), fp32 state: within 1e-2 of float64 on the
@@ -207,7 +205,6 @@ def test_triton_takes_half_precision_inputs(dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_triton_runs_the_model_and_is_chosen_first():
     from napari_vmunet.model import VMUNet, VMUNetConfig
 
@@ -226,7 +223,6 @@ def test_triton_runs_the_model_and_is_chosen_first():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("batch", [1, 8])  # 1 x 1024 rows: chunked form; 8 x 1024: sequential
 def test_triton_inference_forms_match_the_reference(batch):
     if scan.unavailable_reason("triton", "cuda"):
@@ -291,7 +287,6 @@ def test_ss2d_composed_scan_is_the_authors_formulation():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("batch, height, width, channels, rank, n_state, segmented", [
     (2, 16, 24, 96, 6, 16, True),    # H != W; few rows: L is scanned in segments
@@ -323,7 +318,6 @@ def test_triton_fused_ss2d_matches_the_composed_scan(batch, height, width, chann
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("batch, height, width, channels, rank, n_state", [
     (2, 16, 24, 96, 6, 16),  # H != W

@@ -235,7 +235,6 @@ def test_cli_train_resumes_and_runs_under_torchrun(tmp_path, capsys):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fine_tuning_on_cuda_in_bf16(head):
     image, mask = head
     model = small_model()
@@ -264,7 +263,6 @@ class NeverCaptured(GraphedStep):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_captured_training_step_trains_as_the_eager_one(head, monkeypatch):
     """On CUDA every step after the warm-up replays one CUDA graph; the losses, the schedule's
     rates and the Dice are those of the same training run eagerly."""
@@ -293,7 +291,6 @@ def test_the_captured_training_step_trains_as_the_eager_one(head, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_nan_loss_in_the_captured_step_leaves_weights_and_optimizer_finite(head,
                                                                            monkeypatch):
     """The captured step cannot ask the host whether the loss is finite: AdamW skips the update
@@ -323,7 +320,6 @@ def test_a_nan_loss_in_the_captured_step_leaves_weights_and_optimizer_finite(hea
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_out_of_memory_while_capturing_halves_the_batch_and_captures_again(head,
                                                                          monkeypatch):
     image, mask = head
@@ -363,7 +359,6 @@ def _saved_and_read_back(state):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_training_state_resumes_on_the_other_device(head):
     """Saved on the CPU (AdamW unfused, its rate a number, as earlier versions saved it
     everywhere) and resumed on CUDA, where AdamW runs fused from a rate tensor; and back."""
