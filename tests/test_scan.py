@@ -324,14 +324,23 @@ def test_triton_fused_ss2d_matches_the_composed_scan(batch, height, width, chann
     (3, 5, 9, 20, 3, 8),     # L = 45: the last checkpoint interval is short; channel tails
     (4, 32, 32, 64, 8, 16),  # a longer walk back: 32 checkpoint intervals
 ])
+@pytest.mark.parametrize("kernel", ["gluon", "triton"])
 def test_triton_fused_ss2d_gradients_match_the_composed_scan(batch, height, width, channels,
-                                                            rank, n_state, dtype, tolerance):
-    """The fused backward kernel: gradients of x, the pixel projections and all four
-    parameters against autograd through the composed scan in float64."""
+                                                            rank, n_state, dtype, tolerance,
+                                                            kernel, monkeypatch):
+    """Both fused backward kernels (Gluon where it applies, Triton elsewhere): gradients of x,
+    the pixel projections and all four parameters against autograd through the composed scan
+    in float64."""
+    from napari_vmunet.scan import gluon_ss2d
     from napari_vmunet.scan.ss2d import selective_scan_2d_composed
 
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
+    monkeypatch.setattr(gluon_ss2d, "_failure", None)
+    if kernel == "triton":
+        monkeypatch.setattr(gluon_ss2d, "usable", lambda *args: False)
+    else:  # the test must run the Gluon kernel, where the package would
+        assert gluon_ss2d.usable(rank, n_state, 32, torch.device("cuda"))
     i = _ss2d_inputs(batch, height, width, channels, rank, n_state, seed=channels)
     proj = _pixel_projection(i["x"], i["x_proj_weight"])
     inputs = [i["x"].to(dtype), proj.to(dtype)] + [i[k] for k in ("dt_weight", "dt_bias", "A",
@@ -349,3 +358,38 @@ def test_triton_fused_ss2d_gradients_match_the_composed_scan(batch, height, widt
     for name, g, e, t in zip(names, got, expected, ours, strict=True):
         assert g.dtype == t.dtype, name
         assert relative_error(g.double().cpu(), e) <= tolerance, name
+    assert gluon_ss2d._failure is None  # the Gluon kernel built and ran: no fallback
+
+
+@pytest.mark.gpu
+def test_a_gluon_kernel_that_fails_to_build_falls_back_to_triton(monkeypatch):
+    """If Triton's experimental Gluon cannot build the backward (a release changed its API),
+    training goes on with the Triton kernel, says so once, and its gradients are the same."""
+    from napari_vmunet.scan import gluon_ss2d
+
+    if scan.unavailable_reason("triton", "cuda"):
+        pytest.skip(scan.unavailable_reason("triton", "cuda"))
+    i = _ss2d_inputs(2, 16, 24, 96, 6, 16, seed=3)
+    proj = _pixel_projection(i["x"], i["x_proj_weight"])
+    inputs = [t.float().cuda().requires_grad_() for t in (
+        i["x"], proj, i["dt_weight"], i["dt_bias"], i["A"], i["D"])]
+    grad_out = torch.randn(i["x"].shape, device="cuda")
+
+    def gradients():
+        return torch.autograd.grad(scan.selective_scan_2d(*inputs, backend="triton"), inputs,
+                                   grad_out)
+
+    monkeypatch.setattr(gluon_ss2d, "_failure", None)
+    expected = gradients()  # the Gluon kernel
+    assert gluon_ss2d._failure is None
+
+    def broken(*args):
+        raise RuntimeError("an API this kernel uses is gone")
+
+    monkeypatch.setattr(gluon_ss2d, "backward", broken)
+    with pytest.warns(RuntimeWarning, match="Triton one is used instead.*API this kernel uses"):
+        got = gradients()
+    assert "RuntimeError" in gluon_ss2d._failure
+    assert not gluon_ss2d.usable(6, 16, 32, torch.device("cuda"))  # not tried again
+    for g, e in zip(got, expected, strict=True):
+        assert relative_error(g.double().cpu(), e.double().cpu()) <= 1e-5

@@ -482,14 +482,34 @@ class _FusedSS2D(torch.autograd.Function):
         n_blocks = triton.cdiv(channels, _BWD_BLOCK_D)
         scratch = torch.empty(batch * N_DIRECTIONS * n_blocks, _CHECKPOINT, sizes["N"],
                               _BWD_BLOCK_D, **f32)
-        _ss2d_bwd[(N_DIRECTIONS * n_blocks, batch)](
-            x, proj, *params, dy.float().contiguous(), checkpoints, scratch, dx, dproj, *grads,
-            height, width, channels, height * width,
-            BLOCK_D=_BWD_BLOCK_D, CHECKPOINT=_CHECKPOINT, num_warps=_BWD_WARPS,
-            maxnreg=_BWD_MAX_REGISTERS, **sizes)
+        dy = dy.float().contiguous()
+        args = (x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes)
+        if not _gluon_backward(*args):
+            _ss2d_bwd[(N_DIRECTIONS * n_blocks, batch)](
+                x, proj, *params, dy, checkpoints, scratch, dx, dproj, *grads,
+                height, width, channels, height * width,
+                BLOCK_D=_BWD_BLOCK_D, CHECKPOINT=_CHECKPOINT, num_warps=_BWD_WARPS,
+                maxnreg=_BWD_MAX_REGISTERS, **sizes)
         ddtw, dbias, dA, dD = (g.to(p.dtype) for g, p in zip(grads, params, strict=True))
         return (dx.to(x.dtype), dproj.to(proj.dtype), ddtw.transpose(1, 2), dbias,
                 dA.transpose(1, 2), dD)
+
+
+def _gluon_backward(x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes):
+    """Runs the Gluon backward kernel (:mod:`.gluon_ss2d`, faster) where it applies; False
+    where the Triton one must run instead."""
+    from . import gluon_ss2d  # here: it builds on this module's helpers
+
+    if not gluon_ss2d.usable(sizes["R"], sizes["N"], _CHECKPOINT, x.device):
+        return False
+    try:
+        gluon_ss2d.backward(x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes,
+                            _BWD_BLOCK_D, _CHECKPOINT)
+    except Exception as error:  # Gluon is experimental: a Triton release may break it
+        # (it fails while compiling, before anything is written to the gradients)
+        gluon_ss2d.give_up(error)
+        return False
+    return True
 
 
 def selective_scan_2d(x, proj, dt_weight, dt_bias, A, D):

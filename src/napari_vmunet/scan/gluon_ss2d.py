@@ -1,0 +1,299 @@
+"""The fused SS2D scan's backward kernel written in Gluon, Triton's layout-explicit dialect.
+
+It computes what :func:`napari_vmunet.scan.triton_ss2d._ss2d_bwd` computes, with the same
+program decomposition (one warp per batch x direction x 16 channels, walking each checkpoint
+interval forward to recompute its states, then back), and gets there in ~45 % fewer
+instructions and 0.51-0.84 of the time at config B's stage shapes (H100, benchmarks/RESULTS.md)
+by choosing where the data lies, which Triton decides by itself:
+
+- the sums over a program's channels (the gradients of a pixel's B, C and low-rank dt) are
+  transposed through shared memory so that each thread adds up one state's channels in its own
+  registers. Triton summed them with butterflies of warp shuffles: 83 shuffles and as many
+  additions a step, a third of the walk back's instructions;
+- an interval's inputs (x, dy and the pixel projections of its 32 steps) are copied into shared
+  memory with asynchronous copies when the interval starts, and both walks read them there:
+  the loads' latency is paid once per interval instead of at every step, and the step's
+  pixel is found by one division per lane instead of a walk per load.
+
+Gluon is experimental in Triton: :func:`usable` admits it only from the version it was
+measured on, and :mod:`.triton_ss2d` falls back to its own kernel if this one fails to build.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import torch
+
+try:
+    import triton
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.ampere import async_copy
+except Exception:  # no Triton, or one without Gluon: the Triton kernel is used
+    gluon = None
+
+# The Triton version this kernel was written and measured with; Gluon's API changes between
+# releases, so older ones use the Triton kernel.
+_MIN_TRITON = (3, 6)
+# Checkpoint intervals of 32 steps (the forward keeps a state every 32) are what the shared
+# buffers are laid out for; ranks above 32 (config B's last stage: 48) would hold the low-rank
+# weights in 32+ registers a thread and spill, so they take the Triton kernel.
+_MAX_RANK = 32
+_MAX_STATES = 16
+# Register cap: 12 one-warp programs an SM; 176 (11 programs) was 1.2-1.4x slower at stage 0.
+_MAX_REGISTERS = 168
+
+_failure: str | None = None  # why the kernel could not be built, once it failed
+
+
+def usable(rank: int, n_state: int, checkpoint: int, device: torch.device) -> bool:
+    """Whether this kernel computes the backward for these sizes on ``device``."""
+    if gluon is None or _failure is not None or device.type != "cuda":
+        return False
+    version = re.match(r"(\d+)\.(\d+)", triton.__version__)
+    if version is None or tuple(map(int, version.groups())) < _MIN_TRITON:
+        return False
+    return (checkpoint == 32 and rank <= _MAX_RANK and n_state <= _MAX_STATES
+            and torch.cuda.get_device_capability(device)[0] >= 8)  # asynchronous copies
+
+
+def give_up(error: Exception) -> None:
+    """Stop using this kernel for the rest of the session, and say why once."""
+    global _failure
+    _failure = f"{type(error).__name__}: {error}"
+    warnings.warn("The Gluon backward kernel of the triton scan could not be built; the "
+                  f"Triton one is used instead, at some cost in speed ({_failure})",
+                  RuntimeWarning, stacklevel=3)
+
+
+if gluon is not None:
+    from .triton_scan import _softplus as _softplus_triton
+    from .triton_ss2d import _pixel as _pixel_triton
+    from .triton_ss2d import _previous_pixel as _previous_pixel_triton
+    from .triton_ss2d import _walk as _walk_triton
+
+    # the Triton kernels' helpers, compiled as Gluon: the same pixel walk and softplus
+    _softplus = gluon.jit(_softplus_triton.fn)
+    _pixel = gluon.jit(_pixel_triton.fn)
+    _walk = gluon.jit(_walk_triton.fn)
+    _previous_pixel = gluon.jit(_previous_pixel_triton.fn)
+
+    @gluon.constexpr_function
+    def _per_channel(rows, channels):
+        """(rows, channels) over one warp, the channels along the lanes and a channel's rows
+        (states, or low-rank dt weights) split over the lanes left, in registers."""
+        lanes_rows = 32 // channels
+        return gl.BlockedLayout([max(rows // lanes_rows, 1), 1], [lanes_rows, channels],
+                                [1, 1], [1, 0])
+
+    @gluon.constexpr_function
+    def _transposed(rows, columns):
+        """A (rows, columns) layout of one warp that keeps a row's columns in as few threads
+        as it can: what a sum over the columns wants."""
+        lanes_rows = min(rows, 32)
+        lanes_columns = 32 // lanes_rows
+        return gl.BlockedLayout([rows // lanes_rows, max(columns // lanes_columns, 1)],
+                                [lanes_rows, lanes_columns], [1, 1], [1, 0])
+
+    @gluon.constexpr_function
+    def _copy_layout(columns):
+        """(steps, columns) over one warp, a step's columns along the lanes: the copies."""
+        lanes = min(columns, 32)
+        return gl.BlockedLayout([1, columns // lanes], [32 // lanes, lanes], [1, 1], [1, 0])
+
+    @gluon.jit
+    def _by_step(buffer):
+        """A (steps, columns) shared buffer seen as (steps, 1, columns): indexing it by a
+        step that is only known at run time gives a (1, columns) tile."""
+        return buffer._reinterpret(buffer.dtype, [buffer.shape[0], 1, buffer.shape[1]],
+                                   buffer.layout)
+
+    @gluon.jit
+    def _channels_at(buffer, step, layout: gl.constexpr):
+        """A step's row of a _by_step buffer, laid out as ``layout``'s channels (dim 1)."""
+        return gl.sum(buffer.index(step).load(layout), axis=0)
+
+    @gluon.jit
+    def _states_at(buffer, step, layout: gl.constexpr):
+        """A step's row of a _by_step buffer, laid out as ``layout``'s states (dim 0)."""
+        return gl.sum(buffer.index(step).permute([1, 0]).load(layout), axis=1)
+
+    @gluon.jit
+    def _copy_interval(buffer, base, pixel, stride, count, layout: gl.constexpr):
+        """Starts copying ``count`` values at base + pixel * stride (the pixels of one lane
+        per step, -1 past the end) for each step of an interval into ``buffer``; the rest of
+        its row is filled with zeros."""
+        at = gl.convert_layout(pixel, gl.SliceLayout(1, layout))[:, None]
+        column = gl.arange(0, buffer.shape[1], layout=gl.SliceLayout(0, layout))[None, :]
+        async_copy.async_copy_global_to_shared(buffer, base + at * stride + column,
+                                               (at >= 0) & (column < count))
+
+    @gluon.jit
+    def _ss2d_bwd(
+        x_ptr, proj_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, dy_ptr, checkpoint_ptr, scratch_ptr,
+        dx_ptr, dproj_ptr, ddtw_ptr, dbias_ptr, dA_ptr, dD_ptr,
+        height, width, channels, length,
+        R: gl.constexpr, RP: gl.constexpr, N: gl.constexpr, BLOCK_D: gl.constexpr,
+        CHECKPOINT: gl.constexpr,
+    ):
+        """Gradients of the fused scan; arguments as the Triton kernel's, except that a
+        program's scratch is (CHECKPOINT, BLOCK_D, N): a thread's states are contiguous."""
+        L: gl.constexpr = _per_channel(N, BLOCK_D)  # the states
+        LR: gl.constexpr = _per_channel(RP, BLOCK_D)  # the low-rank dt weights
+        CH: gl.constexpr = gl.SliceLayout(0, L)
+        CHR: gl.constexpr = gl.SliceLayout(0, LR)
+        # each lane one step of an interval
+        ONE: gl.constexpr = gl.BlockedLayout([CHECKPOINT // 32], [32], [1], [0])
+        ROWS: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+
+        n_blocks = gl.cdiv(channels, BLOCK_D)
+        direction = gl.program_id(0) // n_blocks
+        block = gl.program_id(0) % n_blocks
+        d_local = gl.arange(0, BLOCK_D, layout=CH)
+        d = block * BLOCK_D + d_local
+        d_mask = d < channels
+        d_r = block * BLOCK_D + gl.arange(0, BLOCK_D, layout=CHR)
+        b = gl.program_id(1).to(gl.int64)
+        n = gl.arange(0, N, layout=gl.SliceLayout(1, L))
+        r = gl.arange(0, RP, layout=gl.SliceLayout(1, LR))
+        n_sum = gl.arange(0, N, layout=gl.SliceLayout(1, _transposed(N, BLOCK_D)))
+        r_sum = gl.arange(0, RP, layout=gl.SliceLayout(1, _transposed(RP, BLOCK_D)))
+
+        kd = direction * channels + d
+        A = gl.load(A_ptr + (direction * N + n[:, None]) * channels + d[None, :],
+                    mask=d_mask[None, :], other=0.0)
+        A2 = A * 1.4426950408889634
+        Dv = gl.load(D_ptr + kd, mask=d_mask, other=0.0)
+        bias = gl.load(bias_ptr + kd, mask=d_mask, other=0.0)
+        w_mask = (d_r < channels)[None, :] & (r < R)[:, None]
+        dt_w = gl.load(dtw_ptr + (direction * R + r[:, None]) * channels + d_r[None, :],
+                       mask=w_mask, other=0.0)
+
+        run = b * 4 + direction
+        row = R + 2 * N  # a direction's projection of a pixel: dt (R), B (N), C (N)
+        x_base = x_ptr + b * length * channels + block * BLOCK_D
+        dy_base = dy_ptr + b * length * channels + block * BLOCK_D
+        dx_base = dx_ptr + b * length * channels + d
+        proj_base = proj_ptr + (b * length * 4 + direction) * row
+        dproj_base = dproj_ptr + (b * length * 4 + direction) * row
+        n_checkpoints = gl.cdiv(length, CHECKPOINT)
+        scratch = (scratch_ptr + (run * n_blocks + block) * CHECKPOINT * N * BLOCK_D
+                   + d_local[None, :] * N + n[:, None])
+        left = channels - block * BLOCK_D  # channels of this block that exist
+
+        xs = gl.allocate_shared_memory(gl.float32, [CHECKPOINT, BLOCK_D], ROWS)
+        dys = gl.allocate_shared_memory(gl.float32, [CHECKPOINT, BLOCK_D], ROWS)
+        dts = gl.allocate_shared_memory(gl.float32, [CHECKPOINT, RP], ROWS)
+        Bs = gl.allocate_shared_memory(gl.float32, [CHECKPOINT, N], ROWS)
+        Cs = gl.allocate_shared_memory(gl.float32, [CHECKPOINT, N], ROWS)
+        x_at, dy_at, dt_at = _by_step(xs), _by_step(dys), _by_step(dts)
+        B_at, C_at = _by_step(Bs), _by_step(Cs)
+
+        g = gl.zeros((N, BLOCK_D), gl.float32, L)  # d loss / d h_t
+        decay_next = gl.zeros((N, BLOCK_D), gl.float32, L)  # exp(dt_{t+1} A)
+        dA_sum = gl.zeros((N, BLOCK_D), gl.float32, L)
+        dw_sum = gl.zeros((RP, BLOCK_D), gl.float32, LR)
+        dbias_sum = gl.zeros((BLOCK_D,), gl.float32, CH)
+        dD_sum = gl.zeros((BLOCK_D,), gl.float32, CH)
+        for c in range(0, n_checkpoints):
+            start = (n_checkpoints - 1 - c) * CHECKPOINT
+            # the interval's inputs into shared memory; the previous interval's walk back has
+            # finished reading them (the barrier at the end of the loop)
+            steps = start + gl.arange(0, CHECKPOINT, layout=ONE)
+            pixel_of = gl.where(steps < length, _pixel(steps, direction, height, width, length),
+                                -1)
+            _copy_interval(xs, x_base, pixel_of, channels, left, _copy_layout(BLOCK_D))
+            _copy_interval(dys, dy_base, pixel_of, channels, left, _copy_layout(BLOCK_D))
+            _copy_interval(dts, proj_base, pixel_of, 4 * row, R, _copy_layout(RP))
+            _copy_interval(Bs, proj_base + R, pixel_of, 4 * row, N, _copy_layout(N))
+            _copy_interval(Cs, proj_base + R + N, pixel_of, 4 * row, N, _copy_layout(N))
+            async_copy.commit_group()
+            h = gl.load(checkpoint_ptr + ((run * n_checkpoints + start // CHECKPOINT) * N
+                                          + n[:, None]) * channels + d[None, :],
+                        mask=d_mask[None, :], other=0.0)
+            async_copy.wait_group(0)
+            gl.thread_barrier()  # every lane's copies have landed
+
+            # forward through the interval, keeping each state in the scratch buffer
+            for i in range(0, CHECKPOINT):
+                xv = _channels_at(x_at, i, L)
+                dt_low = _states_at(dt_at, i, LR)
+                Bv = _states_at(B_at, i, L)
+                raw = gl.convert_layout(gl.sum(dt_w * dt_low[:, None], axis=0), CH) + bias
+                dt = gl.where(start + i < length, _softplus(raw), 0.0)
+                h = gl.exp2(dt[None, :] * A2) * h + (dt * xv)[None, :] * Bv[:, None]
+                gl.store(scratch + i * N * BLOCK_D, h)
+            gl.thread_barrier()  # the states are read back below
+
+            # and back from the interval's last step inside the image, carrying
+            # g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} down; the state is read one step ahead,
+            # its latency behind a step of arithmetic
+            steps_here = gl.minimum(length - start, CHECKPOINT)
+            pixel = _pixel(start + steps_here - 1, direction, height, width, length)
+            inner, count, stride, jump = _walk(start + steps_here - 1, direction, height, width)
+            h = gl.load(scratch + (steps_here - 1) * N * BLOCK_D)
+            for j in range(0, steps_here):
+                i = steps_here - 1 - j
+                h_before = gl.load(scratch + (i - 1) * N * BLOCK_D,
+                                   mask=(n >= 0)[:, None] & (i > 0), other=0.0)
+                xv = _channels_at(x_at, i, L)
+                dy = _channels_at(dy_at, i, L)
+                dt_low = _states_at(dt_at, i, LR)
+                Bv = _states_at(B_at, i, L)
+                Cv = _states_at(C_at, i, L)
+                raw = gl.convert_layout(gl.sum(dt_w * dt_low[:, None], axis=0), CH) + bias
+                dt = _softplus(raw)
+                decay = gl.exp2(dt[None, :] * A2)
+                g = Cv[:, None] * dy[None, :] + decay_next * g
+                u = dt * xv
+                decayed_prev = h - u[None, :] * Bv[:, None]  # exp(dt_t A) h_{t-1}
+                g_b = gl.sum(g * Bv[:, None], axis=0)
+                gp = g * decayed_prev
+                ddt = gl.sum(gp * A, axis=0) + g_b * xv
+                sigmoid = gl.fdiv(1.0, 1.0 + gl.exp2(raw * -1.4426950408889634))
+                draw = gl.where(d_mask, ddt * sigmoid, 0.0)
+                draw_r = gl.convert_layout(draw, CHR)
+                gl.atomic_add(dx_base + pixel * channels, g_b * dt + Dv * dy,
+                              mask=d_mask, sem="relaxed")
+                # sums over the channels, each in a layout that keeps a row in one thread
+                at_pixel = dproj_base + pixel * (4 * row)
+                dt_grad = gl.sum(gl.convert_layout(dt_w * draw_r[None, :],
+                                                   _transposed(RP, BLOCK_D)), axis=1)
+                gl.atomic_add(at_pixel + r_sum, dt_grad, mask=r_sum < R, sem="relaxed")
+                B_grad = gl.sum(gl.convert_layout(g * u[None, :], _transposed(N, BLOCK_D)),
+                                axis=1)
+                gl.atomic_add(at_pixel + R + n_sum, B_grad, mask=n_sum < N, sem="relaxed")
+                C_grad = gl.sum(gl.convert_layout(h * dy[None, :], _transposed(N, BLOCK_D)),
+                                axis=1)
+                gl.atomic_add(at_pixel + R + N + n_sum, C_grad, mask=n_sum < N, sem="relaxed")
+                dA_sum += gp * dt[None, :]
+                dw_sum += dt_low[:, None] * draw_r[None, :]
+                dbias_sum += draw
+                dD_sum += dy * xv
+                decay_next = decay
+                h = h_before
+                pixel, inner = _previous_pixel(pixel, inner, count, stride, jump)
+            gl.thread_barrier()  # the shared buffers and the scratch are written again
+        gl.atomic_add(dA_ptr + (direction * N + n[:, None]) * channels + d[None, :], dA_sum,
+                      mask=d_mask[None, :], sem="relaxed")
+        gl.atomic_add(ddtw_ptr + (direction * R + r[:, None]) * channels + d_r[None, :],
+                      dw_sum, mask=w_mask, sem="relaxed")
+        gl.atomic_add(dbias_ptr + kd, dbias_sum, mask=d_mask, sem="relaxed")
+        gl.atomic_add(dD_ptr + kd, dD_sum, mask=d_mask, sem="relaxed")
+
+
+def backward(x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes, block_d,
+             checkpoint):
+    """Launches the kernel (arguments as :class:`.triton_ss2d._FusedSS2D` prepares them for
+    its own kernel; the scratch only needs as many elements)."""
+    batch, height, width, channels = x.shape
+    n_blocks = triton.cdiv(channels, block_d)
+    # the asynchronous copies move 4 bytes a value at least: bf16 and fp16 inputs are made
+    # float32 first (one pass over each, ~1 % of the kernel's time at stage 0)
+    x, proj = x.float(), proj.float()
+    _ss2d_bwd[(4 * n_blocks, batch)](
+        x, proj, *params, dy, checkpoints, scratch, dx, dproj, *grads,
+        height, width, channels, height * width,
+        BLOCK_D=block_d, CHECKPOINT=checkpoint, num_warps=1, maxnreg=_MAX_REGISTERS, **sizes)
