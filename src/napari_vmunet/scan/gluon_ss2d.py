@@ -106,13 +106,16 @@ if gluon is not None:
     @gluon.jit
     def _by_step(buffer):
         """A (steps, columns) shared buffer seen as (steps, 1, columns): indexing it by a
-        step that is only known at run time gives a (1, columns) tile."""
+        step that is only known at run time gives a (1, columns) tile. (``_reinterpret`` is
+        not public Gluon: should a release change it, the build fails and the Triton kernel
+        runs.)"""
         return buffer._reinterpret(buffer.dtype, [buffer.shape[0], 1, buffer.shape[1]],
                                    buffer.layout)
 
     @gluon.jit
     def _channels_at(buffer, step, layout: gl.constexpr):
-        """A step's row of a _by_step buffer, laid out as ``layout``'s channels (dim 1)."""
+        """A step's row of a _by_step buffer, laid out as ``layout``'s channels (dim 1); the
+        sum over the one-row axis only drops it (no instruction)."""
         return gl.sum(buffer.index(step).load(layout), axis=0)
 
     @gluon.jit
