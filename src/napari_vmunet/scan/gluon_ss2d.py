@@ -50,12 +50,17 @@ _MAX_REGISTERS = 168
 _failure: str | None = None  # why the kernel could not be built, once it failed
 
 
+def _tested_release() -> bool:
+    release = re.match(r"(\d+)\.(\d+)", triton.__version__)
+    return release is not None and tuple(map(int, release.groups())) in _TESTED_TRITON
+
+
+_TESTED = gluon is not None and _tested_release()  # decided once, not at every backward
+
+
 def usable(rank: int, n_state: int, checkpoint: int, device: torch.device) -> bool:
     """Whether this kernel computes the backward for these sizes on ``device``."""
-    if gluon is None or _failure is not None or device.type != "cuda":
-        return False
-    version = re.match(r"(\d+)\.(\d+)", triton.__version__)
-    if version is None or tuple(map(int, version.groups())) not in _TESTED_TRITON:
+    if not _TESTED or _failure is not None or device.type != "cuda":
         return False
     return (checkpoint == 32 and rank <= _MAX_RANK and n_state <= _MAX_STATES
             and torch.cuda.get_device_capability(device)[0] >= 8)  # asynchronous copies

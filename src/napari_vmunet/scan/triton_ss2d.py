@@ -483,8 +483,7 @@ class _FusedSS2D(torch.autograd.Function):
         scratch = torch.empty(batch * N_DIRECTIONS * n_blocks, _CHECKPOINT, sizes["N"],
                               _BWD_BLOCK_D, **f32)
         dy = dy.float().contiguous()
-        args = (x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes)
-        if not _gluon_backward(*args):
+        if not _gluon_backward(x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes):
             _ss2d_bwd[(N_DIRECTIONS * n_blocks, batch)](
                 x, proj, *params, dy, checkpoints, scratch, dx, dproj, *grads,
                 height, width, channels, height * width,
