@@ -324,13 +324,13 @@ def test_triton_fused_ss2d_matches_the_composed_scan(batch, height, width, chann
     (3, 5, 9, 20, 3, 8),     # L = 45: the last checkpoint interval is short; channel tails
     (4, 32, 32, 64, 8, 16),  # a longer walk back: 32 checkpoint intervals
 ])
-@pytest.mark.parametrize("kernel", ["gluon", "triton"])
+@pytest.mark.parametrize("kernel", ["gluon", "gluon-even-states", "triton"])
 def test_triton_fused_ss2d_gradients_match_the_composed_scan(batch, height, width, channels,
                                                             rank, n_state, dtype, tolerance,
                                                             kernel, monkeypatch):
-    """Both fused backward kernels (Gluon where it applies, Triton elsewhere): gradients of x,
-    the pixel projections and all four parameters against autograd through the composed scan
-    in float64."""
+    """Both fused backward kernels (Gluon where it applies, with every state or only the even
+    steps' kept in its scratch; Triton elsewhere): gradients of x, the pixel projections and
+    all four parameters against autograd through the composed scan in float64."""
     from napari_vmunet.scan import gluon_ss2d
     from napari_vmunet.scan.ss2d import selective_scan_2d_composed
 
@@ -341,6 +341,8 @@ def test_triton_fused_ss2d_gradients_match_the_composed_scan(batch, height, widt
         monkeypatch.setattr(gluon_ss2d, "usable", lambda *args: False)
     else:  # the test must run the Gluon kernel, where the package would
         assert gluon_ss2d.usable(rank, n_state, 32, torch.device("cuda"))
+        even = kernel == "gluon-even-states"  # these small shapes would keep every state
+        monkeypatch.setattr(gluon_ss2d, "keeps_even_states_only", lambda *args: even)
     i = _ss2d_inputs(batch, height, width, channels, rank, n_state, seed=channels)
     proj = _pixel_projection(i["x"], i["x_proj_weight"])
     inputs = [i["x"].to(dtype), proj.to(dtype)] + [i[k] for k in ("dt_weight", "dt_bias", "A",
@@ -359,6 +361,21 @@ def test_triton_fused_ss2d_gradients_match_the_composed_scan(batch, height, widt
         assert g.dtype == t.dtype, name
         assert relative_error(g.double().cpu(), e) <= tolerance, name
     assert gluon_ss2d._failure is None  # the Gluon kernel built and ran: no fallback
+
+
+def test_the_gluon_backward_keeps_even_states_only_where_its_scratch_leaves_l2():
+    """The rule, with an H100's 132 SMs and 50 MiB of L2 and 32 KiB of scratch a program (32
+    states of 16 x 16): the shapes it was measured at (benchmarks/RESULTS.md)."""
+    from napari_vmunet.scan import gluon_ss2d
+
+    def even(batch, channels):
+        programs = batch * 4 * channels // 16
+        return gluon_ss2d.keeps_even_states_only(programs, 32 * 1024, 132, 50 * 2**20)
+
+    # a 256² batch of 32, stages 0-2 (192, 384, 768 channels): 0.71-0.87 of the time
+    assert even(32, 192) and even(32, 384) and even(32, 768)
+    assert even(8, 384)  # 0.92
+    assert not even(8, 192) and not even(2, 192)  # 1.14 and 1.15: slower
 
 
 @pytest.mark.gpu

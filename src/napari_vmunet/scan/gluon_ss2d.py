@@ -13,7 +13,13 @@ by choosing where the data lies, which Triton decides by itself:
 - an interval's inputs (x, dy and the pixel projections of its 32 steps) are copied into shared
   memory with asynchronous copies when the interval starts, and both walks read them there:
   the loads' latency is paid once per interval instead of at every step, and the step's
-  pixel is found by one division per lane instead of a walk per load.
+  pixel is found by one division per lane instead of a walk per load;
+- where the scratch buffers of the programs running at once would not stay in L2 (a 256²
+  batch of 32), only the even steps' states are kept in them: the walk back makes each odd
+  step's state from the state before it and the step's decay, which it computes anyway (8
+  multiplications a thread). The scratch traffic halves, and the kernel takes 0.71-0.87 of
+  the time at those shapes; where the buffers fit L2 (batch 8 at stage 0) the extra
+  multiplications lengthen each walk's dependent chain and cost more than they save.
 
 Gluon is experimental in Triton: :func:`usable` admits only the Triton releases this kernel was
 tested on, and :mod:`.triton_ss2d` falls back to its own kernel if this one fails to build.
@@ -47,6 +53,13 @@ _MAX_STATES = 16
 # Register cap: 12 one-warp programs an SM; 176 (11 programs) was 1.2-1.4x slower at stage 0.
 _MAX_REGISTERS = 168
 
+# Keep only the even steps' states where the scratch of the programs running at once, with
+# every state kept, is more than this share of L2 (measured on an H100, 50 MiB of L2, 12
+# programs an SM; benchmarks/RESULTS.md): 48 MiB at b32 stages 0-2 (0.71 / 0.73 / 0.87 of
+# the time), 24 MiB at b8 stage 1 (0.92) and b16 stage 0 (1.02), 12 MiB at b8 stage 0 (1.14:
+# kept whole).
+_EVEN_STATES_L2_SHARE = 1 / 3
+
 _failure: str | None = None  # why the kernel could not be built, once it failed
 
 
@@ -64,6 +77,15 @@ def usable(rank: int, n_state: int, checkpoint: int, device: torch.device) -> bo
         return False
     return (checkpoint == 32 and rank <= _MAX_RANK and n_state <= _MAX_STATES
             and torch.cuda.get_device_capability(device)[0] >= 8)  # asynchronous copies
+
+
+def keeps_even_states_only(programs: int, scratch_bytes: int, processors: int,
+                           l2_bytes: int) -> bool:
+    """Whether the backward keeps only the even steps' states in its scratch buffers:
+    ``programs`` of ``scratch_bytes`` each (every state kept), on ``processors`` SMs."""
+    programs_per_processor = 65536 // (_MAX_REGISTERS * 32)  # registers an SM / a program's
+    running = min(programs, programs_per_processor * processors)
+    return running * scratch_bytes > _EVEN_STATES_L2_SHARE * l2_bytes
 
 
 def give_up(error: Exception) -> None:
@@ -141,15 +163,79 @@ if gluon is not None:
                                                (at >= 0) & (column < count))
 
     @gluon.jit
+    def _state_after(h, i, start, length, x_at, dt_at, B_at, dt_w, bias, A2,
+                     L: gl.constexpr, LR: gl.constexpr, CH: gl.constexpr):
+        """The state after row ``i`` of the interval from the state before it (dt is 0 past
+        the sequence's end: the state carries)."""
+        xv = _channels_at(x_at, i, L)
+        dt_low = _states_at(dt_at, i, LR)
+        Bv = _states_at(B_at, i, L)
+        raw = gl.convert_layout(gl.sum(dt_w * dt_low[:, None], axis=0), CH) + bias
+        dt = gl.where(start + i < length, _softplus(raw), 0.0)
+        return gl.exp2(dt[None, :] * A2) * h + (dt * xv)[None, :] * Bv[:, None]
+
+    @gluon.jit
+    def _step_back(i, h_known, ODD: gl.constexpr, g, decay_next, dA_sum, dw_sum, dbias_sum,
+                   dD_sum, pixel, inner, count, stride, jump, x_at, dy_at, dt_at, B_at, C_at,
+                   dt_w, bias, A, A2, Dv, d_mask, dx_base, dproj_base, channels, row, r_sum,
+                   n_sum, R: gl.constexpr, N: gl.constexpr, RP: gl.constexpr,
+                   BLOCK_D: gl.constexpr, L: gl.constexpr, LR: gl.constexpr,
+                   CH: gl.constexpr, CHR: gl.constexpr):
+        """One step of the walk back, at row ``i`` of the interval: adds the step's gradients
+        and carries g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} down. ``h_known`` is the step's
+        state, or with ODD the state before it (the step's own is made here from it)."""
+        xv = _channels_at(x_at, i, L)
+        dy = _channels_at(dy_at, i, L)
+        dt_low = _states_at(dt_at, i, LR)
+        Bv = _states_at(B_at, i, L)
+        Cv = _states_at(C_at, i, L)
+        raw = gl.convert_layout(gl.sum(dt_w * dt_low[:, None], axis=0), CH) + bias
+        dt = _softplus(raw)
+        decay = gl.exp2(dt[None, :] * A2)
+        g = Cv[:, None] * dy[None, :] + decay_next * g
+        u = dt * xv
+        if ODD:
+            decayed_prev = decay * h_known  # exp(dt_t A) h_{t-1}
+            h = decayed_prev + u[None, :] * Bv[:, None]
+        else:
+            h = h_known
+            decayed_prev = h - u[None, :] * Bv[:, None]
+        g_b = gl.sum(g * Bv[:, None], axis=0)
+        gp = g * decayed_prev
+        ddt = gl.sum(gp * A, axis=0) + g_b * xv
+        sigmoid = gl.fdiv(1.0, 1.0 + gl.exp2(raw * -1.4426950408889634))
+        draw = gl.where(d_mask, ddt * sigmoid, 0.0)
+        draw_r = gl.convert_layout(draw, CHR)
+        gl.atomic_add(dx_base + pixel * channels, g_b * dt + Dv * dy, mask=d_mask,
+                      sem="relaxed")
+        # sums over the channels, each in a layout that keeps a row in one thread
+        at_pixel = dproj_base + pixel * (4 * row)
+        dt_grad = gl.sum(gl.convert_layout(dt_w * draw_r[None, :], _transposed(RP, BLOCK_D)),
+                         axis=1)
+        gl.atomic_add(at_pixel + r_sum, dt_grad, mask=r_sum < R, sem="relaxed")
+        B_grad = gl.sum(gl.convert_layout(g * u[None, :], _transposed(N, BLOCK_D)), axis=1)
+        gl.atomic_add(at_pixel + R + n_sum, B_grad, mask=n_sum < N, sem="relaxed")
+        C_grad = gl.sum(gl.convert_layout(h * dy[None, :], _transposed(N, BLOCK_D)), axis=1)
+        gl.atomic_add(at_pixel + R + N + n_sum, C_grad, mask=n_sum < N, sem="relaxed")
+        dA_sum += gp * dt[None, :]
+        dw_sum += dt_low[:, None] * draw_r[None, :]
+        dbias_sum += draw
+        dD_sum += dy * xv
+        pixel, inner = _previous_pixel(pixel, inner, count, stride, jump)
+        return g, decay, dA_sum, dw_sum, dbias_sum, dD_sum, pixel, inner
+
+    @gluon.jit
     def _ss2d_bwd(
         x_ptr, proj_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, dy_ptr, checkpoint_ptr, scratch_ptr,
         dx_ptr, dproj_ptr, ddtw_ptr, dbias_ptr, dA_ptr, dD_ptr,
         height, width, channels, length,
         R: gl.constexpr, RP: gl.constexpr, N: gl.constexpr, BLOCK_D: gl.constexpr,
         CHECKPOINT: gl.constexpr,
+        EVEN_STATES: gl.constexpr,  # keep only the even steps' states (see the module's doc)
     ):
         """Gradients of the fused scan; arguments as the Triton kernel's, except that a
-        program's scratch is (CHECKPOINT, BLOCK_D, N): a thread's states are contiguous."""
+        program's scratch is (CHECKPOINT, BLOCK_D, N), or (CHECKPOINT / 2, ...) with
+        EVEN_STATES: a thread's states are contiguous."""
         L: gl.constexpr = _per_channel(N, BLOCK_D)  # the states
         LR: gl.constexpr = _per_channel(RP, BLOCK_D)  # the low-rank dt weights
         CH: gl.constexpr = gl.SliceLayout(0, L)
@@ -189,7 +275,8 @@ if gluon is not None:
         proj_base = proj_ptr + (b * length * 4 + direction) * row
         dproj_base = dproj_ptr + (b * length * 4 + direction) * row
         n_checkpoints = gl.cdiv(length, CHECKPOINT)
-        scratch = (scratch_ptr + (run * n_blocks + block) * CHECKPOINT * N * BLOCK_D
+        kept = CHECKPOINT // 2 if EVEN_STATES else CHECKPOINT  # states a program keeps
+        scratch = (scratch_ptr + (run * n_blocks + block) * kept * N * BLOCK_D
                    + d_local[None, :] * N + n[:, None])
         left = channels - block * BLOCK_D  # channels of this block that exist
 
@@ -226,65 +313,61 @@ if gluon is not None:
             async_copy.wait_group(0)
             gl.thread_barrier()  # every lane's copies have landed
 
-            # forward through the interval, keeping each state in the scratch buffer
-            for i in range(0, CHECKPOINT):
-                xv = _channels_at(x_at, i, L)
-                dt_low = _states_at(dt_at, i, LR)
-                Bv = _states_at(B_at, i, L)
-                raw = gl.convert_layout(gl.sum(dt_w * dt_low[:, None], axis=0), CH) + bias
-                dt = gl.where(start + i < length, _softplus(raw), 0.0)
-                h = gl.exp2(dt[None, :] * A2) * h + (dt * xv)[None, :] * Bv[:, None]
-                gl.store(scratch + i * N * BLOCK_D, h)
+            # forward through the interval, keeping each state (or each even step's) in the
+            # scratch buffer
+            if EVEN_STATES:
+                for p in range(0, CHECKPOINT // 2):
+                    h = _state_after(h, 2 * p, start, length, x_at, dt_at, B_at, dt_w, bias, A2,
+                                     L, LR, CH)
+                    gl.store(scratch + p * N * BLOCK_D, h)
+                    h = _state_after(h, 2 * p + 1, start, length, x_at, dt_at, B_at, dt_w, bias,
+                                     A2, L, LR, CH)
+            else:
+                for i in range(0, CHECKPOINT):
+                    h = _state_after(h, i, start, length, x_at, dt_at, B_at, dt_w, bias, A2,
+                                     L, LR, CH)
+                    gl.store(scratch + i * N * BLOCK_D, h)
             gl.thread_barrier()  # the states are read back below
 
-            # and back from the interval's last step inside the image, carrying
-            # g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} down; the state is read one step ahead,
-            # its latency behind a step of arithmetic
+            # and back from the interval's last step inside the image; the states are read
+            # ahead (a step, or with EVEN_STATES a pair of steps), their latency behind the
+            # arithmetic
             steps_here = gl.minimum(length - start, CHECKPOINT)
-            pixel = _pixel(start + steps_here - 1, direction, height, width, length)
-            inner, count, stride, jump = _walk(start + steps_here - 1, direction, height, width)
-            h = gl.load(scratch + (steps_here - 1) * N * BLOCK_D)
-            for j in range(0, steps_here):
-                i = steps_here - 1 - j
-                h_before = gl.load(scratch + (i - 1) * N * BLOCK_D,
-                                   mask=(n >= 0)[:, None] & (i > 0), other=0.0)
-                xv = _channels_at(x_at, i, L)
-                dy = _channels_at(dy_at, i, L)
-                dt_low = _states_at(dt_at, i, LR)
-                Bv = _states_at(B_at, i, L)
-                Cv = _states_at(C_at, i, L)
-                raw = gl.convert_layout(gl.sum(dt_w * dt_low[:, None], axis=0), CH) + bias
-                dt = _softplus(raw)
-                decay = gl.exp2(dt[None, :] * A2)
-                g = Cv[:, None] * dy[None, :] + decay_next * g
-                u = dt * xv
-                decayed_prev = h - u[None, :] * Bv[:, None]  # exp(dt_t A) h_{t-1}
-                g_b = gl.sum(g * Bv[:, None], axis=0)
-                gp = g * decayed_prev
-                ddt = gl.sum(gp * A, axis=0) + g_b * xv
-                sigmoid = gl.fdiv(1.0, 1.0 + gl.exp2(raw * -1.4426950408889634))
-                draw = gl.where(d_mask, ddt * sigmoid, 0.0)
-                draw_r = gl.convert_layout(draw, CHR)
-                gl.atomic_add(dx_base + pixel * channels, g_b * dt + Dv * dy,
-                              mask=d_mask, sem="relaxed")
-                # sums over the channels, each in a layout that keeps a row in one thread
-                at_pixel = dproj_base + pixel * (4 * row)
-                dt_grad = gl.sum(gl.convert_layout(dt_w * draw_r[None, :],
-                                                   _transposed(RP, BLOCK_D)), axis=1)
-                gl.atomic_add(at_pixel + r_sum, dt_grad, mask=r_sum < R, sem="relaxed")
-                B_grad = gl.sum(gl.convert_layout(g * u[None, :], _transposed(N, BLOCK_D)),
-                                axis=1)
-                gl.atomic_add(at_pixel + R + n_sum, B_grad, mask=n_sum < N, sem="relaxed")
-                C_grad = gl.sum(gl.convert_layout(h * dy[None, :], _transposed(N, BLOCK_D)),
-                                axis=1)
-                gl.atomic_add(at_pixel + R + N + n_sum, C_grad, mask=n_sum < N, sem="relaxed")
-                dA_sum += gp * dt[None, :]
-                dw_sum += dt_low[:, None] * draw_r[None, :]
-                dbias_sum += draw
-                dD_sum += dy * xv
-                decay_next = decay
-                h = h_before
-                pixel, inner = _previous_pixel(pixel, inner, count, stride, jump)
+            last = steps_here - 1
+            pixel = _pixel(start + last, direction, height, width, length)
+            inner, count, stride, jump = _walk(start + last, direction, height, width)
+            if EVEN_STATES:
+                pairs = (steps_here + 1) // 2
+                h = gl.load(scratch + (pairs - 1) * N * BLOCK_D)  # the last pair's even state
+                for q in range(0, pairs):
+                    p = pairs - 1 - q
+                    h_before = gl.load(scratch + (p - 1) * N * BLOCK_D,
+                                       mask=(n >= 0)[:, None] & (p > 0), other=0.0)
+                    if 2 * p + 1 <= last:  # the odd step, from the even one before it
+                        g, decay_next, dA_sum, dw_sum, dbias_sum, dD_sum, pixel, inner = \
+                            _step_back(2 * p + 1, h, True, g, decay_next, dA_sum, dw_sum,
+                                       dbias_sum, dD_sum, pixel, inner, count, stride, jump,
+                                       x_at, dy_at, dt_at, B_at, C_at, dt_w, bias, A, A2, Dv,
+                                       d_mask, dx_base, dproj_base, channels, row, r_sum, n_sum,
+                                       R, N, RP, BLOCK_D, L, LR, CH, CHR)
+                    g, decay_next, dA_sum, dw_sum, dbias_sum, dD_sum, pixel, inner = _step_back(
+                        2 * p, h, False, g, decay_next, dA_sum, dw_sum, dbias_sum, dD_sum, pixel,
+                        inner, count, stride, jump, x_at, dy_at, dt_at, B_at, C_at, dt_w, bias,
+                        A, A2, Dv, d_mask, dx_base, dproj_base, channels, row, r_sum, n_sum,
+                        R, N, RP, BLOCK_D, L, LR, CH, CHR)
+                    h = h_before
+            else:
+                h = gl.load(scratch + last * N * BLOCK_D)
+                for j in range(0, steps_here):
+                    i = last - j
+                    h_before = gl.load(scratch + (i - 1) * N * BLOCK_D,
+                                       mask=(n >= 0)[:, None] & (i > 0), other=0.0)
+                    g, decay_next, dA_sum, dw_sum, dbias_sum, dD_sum, pixel, inner = _step_back(
+                        i, h, False, g, decay_next, dA_sum, dw_sum, dbias_sum, dD_sum, pixel,
+                        inner, count, stride, jump, x_at, dy_at, dt_at, B_at, C_at, dt_w, bias,
+                        A, A2, Dv, d_mask, dx_base, dproj_base, channels, row, r_sum, n_sum,
+                        R, N, RP, BLOCK_D, L, LR, CH, CHR)
+                    h = h_before
             gl.thread_barrier()  # the shared buffers and the scratch are written again
         gl.atomic_add(dA_ptr + (direction * N + n[:, None]) * channels + d[None, :], dA_sum,
                       mask=d_mask[None, :], sem="relaxed")
@@ -303,7 +386,12 @@ def backward(x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes,
     # the asynchronous copies move 4 bytes a value at least: bf16 and fp16 inputs are made
     # float32 first (one pass over each, ~1 % of the kernel's time at stage 0)
     x, proj = x.float(), proj.float()
+    device = torch.cuda.get_device_properties(x.device)
+    even_states = keeps_even_states_only(
+        4 * n_blocks * batch, checkpoint * sizes["N"] * block_d * scratch.element_size(),
+        device.multi_processor_count, device.L2_cache_size)
     _ss2d_bwd[(4 * n_blocks, batch)](
         x, proj, *params, dy, checkpoints, scratch, dx, dproj, *grads,
         height, width, channels, height * width,
-        BLOCK_D=block_d, CHECKPOINT=checkpoint, num_warps=1, maxnreg=_MAX_REGISTERS, **sizes)
+        BLOCK_D=block_d, CHECKPOINT=checkpoint, EVEN_STATES=even_states, num_warps=1,
+        maxnreg=_MAX_REGISTERS, **sizes)
