@@ -386,10 +386,10 @@ def backward(x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes,
     # the asynchronous copies move 4 bytes a value at least: bf16 and fp16 inputs are made
     # float32 first (one pass over each, ~1 % of the kernel's time at stage 0)
     x, proj = x.float(), proj.float()
-    device = torch.cuda.get_device_properties(x.device)
+    gpu = torch.cuda.get_device_properties(x.device)
     even_states = keeps_even_states_only(
         4 * n_blocks * batch, checkpoint * sizes["N"] * block_d * scratch.element_size(),
-        device.multi_processor_count, device.L2_cache_size)
+        gpu.multi_processor_count, gpu.L2_cache_size)
     _ss2d_bwd[(4 * n_blocks, batch)](
         x, proj, *params, dy, checkpoints, scratch, dx, dproj, *grads,
         height, width, channels, height * width,
