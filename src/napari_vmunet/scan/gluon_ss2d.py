@@ -52,6 +52,7 @@ _MAX_RANK = 32
 _MAX_STATES = 16
 # Register cap: 12 one-warp programs an SM; 176 (11 programs) was 1.2-1.4x slower at stage 0.
 _MAX_REGISTERS = 168
+_PROGRAMS_PER_SM = 65536 // (_MAX_REGISTERS * 32)  # an SM's registers / a one-warp program's
 
 # Keep only the even steps' states where the scratch of the programs running at once, with
 # every state kept, is more than this share of L2 (measured on an H100, 50 MiB of L2, 12
@@ -83,8 +84,7 @@ def keeps_even_states_only(programs: int, scratch_bytes: int, processors: int,
                            l2_bytes: int) -> bool:
     """Whether the backward keeps only the even steps' states in its scratch buffers:
     ``programs`` of ``scratch_bytes`` each (every state kept), on ``processors`` SMs."""
-    programs_per_processor = 65536 // (_MAX_REGISTERS * 32)  # registers an SM / a program's
-    running = min(programs, programs_per_processor * processors)
+    running = min(programs, _PROGRAMS_PER_SM * processors)
     return running * scratch_bytes > _EVEN_STATES_L2_SHARE * l2_bytes
 
 
@@ -164,9 +164,12 @@ if gluon is not None:
 
     @gluon.jit
     def _state_after(h, i, start, length, x_at, dt_at, B_at, dt_w, bias, A2,
-                     L: gl.constexpr, LR: gl.constexpr, CH: gl.constexpr):
+                     RP: gl.constexpr, N: gl.constexpr, BLOCK_D: gl.constexpr):
         """The state after row ``i`` of the interval from the state before it (dt is 0 past
         the sequence's end: the state carries)."""
+        L: gl.constexpr = _per_channel(N, BLOCK_D)
+        LR: gl.constexpr = _per_channel(RP, BLOCK_D)
+        CH: gl.constexpr = gl.SliceLayout(0, L)
         xv = _channels_at(x_at, i, L)
         dt_low = _states_at(dt_at, i, LR)
         Bv = _states_at(B_at, i, L)
@@ -176,14 +179,20 @@ if gluon is not None:
 
     @gluon.jit
     def _step_back(i, h_known, ODD: gl.constexpr, g, decay_next, dA_sum, dw_sum, dbias_sum,
-                   dD_sum, pixel, inner, count, stride, jump, x_at, dy_at, dt_at, B_at, C_at,
-                   dt_w, bias, A, A2, Dv, d_mask, dx_base, dproj_base, channels, row, r_sum,
-                   n_sum, R: gl.constexpr, N: gl.constexpr, RP: gl.constexpr,
-                   BLOCK_D: gl.constexpr, L: gl.constexpr, LR: gl.constexpr,
-                   CH: gl.constexpr, CHR: gl.constexpr):
+                   dD_sum, pixel, inner, walk, inputs, program, R: gl.constexpr,
+                   RP: gl.constexpr, N: gl.constexpr, BLOCK_D: gl.constexpr):
         """One step of the walk back, at row ``i`` of the interval: adds the step's gradients
         and carries g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} down. ``h_known`` is the step's
-        state, or with ODD the state before it (the step's own is made here from it)."""
+        state, or with ODD the state before it (the step's own is made here from it).
+        ``walk``, ``inputs`` and ``program`` are what stays the same along the walk (see
+        :func:`_ss2d_bwd`)."""
+        L: gl.constexpr = _per_channel(N, BLOCK_D)
+        LR: gl.constexpr = _per_channel(RP, BLOCK_D)
+        CH: gl.constexpr = gl.SliceLayout(0, L)
+        CHR: gl.constexpr = gl.SliceLayout(0, LR)
+        count, stride, jump = walk
+        x_at, dy_at, dt_at, B_at, C_at = inputs
+        dt_w, bias, A, A2, Dv, d_mask, dx_base, dproj_base, channels, row, r_sum, n_sum = program
         xv = _channels_at(x_at, i, L)
         dy = _channels_at(dy_at, i, L)
         dt_low = _states_at(dt_at, i, LR)
@@ -287,6 +296,10 @@ if gluon is not None:
         Cs = gl.allocate_shared_memory(gl.float32, [CHECKPOINT, N], ROWS)
         x_at, dy_at, dt_at = _by_step(xs), _by_step(dys), _by_step(dts)
         B_at, C_at = _by_step(Bs), _by_step(Cs)
+        # what every step of the walk back reads and where it adds its gradients
+        inputs = (x_at, dy_at, dt_at, B_at, C_at)
+        program = (dt_w, bias, A, A2, Dv, d_mask, dx_base, dproj_base, channels, row, r_sum,
+                   n_sum)
 
         g = gl.zeros((N, BLOCK_D), gl.float32, L)  # d loss / d h_t
         decay_next = gl.zeros((N, BLOCK_D), gl.float32, L)  # exp(dt_{t+1} A)
@@ -318,14 +331,14 @@ if gluon is not None:
             if EVEN_STATES:
                 for p in range(0, CHECKPOINT // 2):
                     h = _state_after(h, 2 * p, start, length, x_at, dt_at, B_at, dt_w, bias, A2,
-                                     L, LR, CH)
+                                     RP, N, BLOCK_D)
                     gl.store(scratch + p * N * BLOCK_D, h)
                     h = _state_after(h, 2 * p + 1, start, length, x_at, dt_at, B_at, dt_w, bias,
-                                     A2, L, LR, CH)
+                                     A2, RP, N, BLOCK_D)
             else:
                 for i in range(0, CHECKPOINT):
                     h = _state_after(h, i, start, length, x_at, dt_at, B_at, dt_w, bias, A2,
-                                     L, LR, CH)
+                                     RP, N, BLOCK_D)
                     gl.store(scratch + i * N * BLOCK_D, h)
             gl.thread_barrier()  # the states are read back below
 
@@ -336,6 +349,7 @@ if gluon is not None:
             last = steps_here - 1
             pixel = _pixel(start + last, direction, height, width, length)
             inner, count, stride, jump = _walk(start + last, direction, height, width)
+            walk = (count, stride, jump)
             if EVEN_STATES:
                 pairs = (steps_here + 1) // 2
                 h = gl.load(scratch + (pairs - 1) * N * BLOCK_D)  # the last pair's even state
@@ -346,15 +360,11 @@ if gluon is not None:
                     if 2 * p + 1 <= last:  # the odd step, from the even one before it
                         g, decay_next, dA_sum, dw_sum, dbias_sum, dD_sum, pixel, inner = \
                             _step_back(2 * p + 1, h, True, g, decay_next, dA_sum, dw_sum,
-                                       dbias_sum, dD_sum, pixel, inner, count, stride, jump,
-                                       x_at, dy_at, dt_at, B_at, C_at, dt_w, bias, A, A2, Dv,
-                                       d_mask, dx_base, dproj_base, channels, row, r_sum, n_sum,
-                                       R, N, RP, BLOCK_D, L, LR, CH, CHR)
+                                       dbias_sum, dD_sum, pixel, inner, walk, inputs, program,
+                                       R, RP, N, BLOCK_D)
                     g, decay_next, dA_sum, dw_sum, dbias_sum, dD_sum, pixel, inner = _step_back(
                         2 * p, h, False, g, decay_next, dA_sum, dw_sum, dbias_sum, dD_sum, pixel,
-                        inner, count, stride, jump, x_at, dy_at, dt_at, B_at, C_at, dt_w, bias,
-                        A, A2, Dv, d_mask, dx_base, dproj_base, channels, row, r_sum, n_sum,
-                        R, N, RP, BLOCK_D, L, LR, CH, CHR)
+                        inner, walk, inputs, program, R, RP, N, BLOCK_D)
                     h = h_before
             else:
                 h = gl.load(scratch + last * N * BLOCK_D)
@@ -364,9 +374,7 @@ if gluon is not None:
                                        mask=(n >= 0)[:, None] & (i > 0), other=0.0)
                     g, decay_next, dA_sum, dw_sum, dbias_sum, dD_sum, pixel, inner = _step_back(
                         i, h, False, g, decay_next, dA_sum, dw_sum, dbias_sum, dD_sum, pixel,
-                        inner, count, stride, jump, x_at, dy_at, dt_at, B_at, C_at, dt_w, bias,
-                        A, A2, Dv, d_mask, dx_base, dproj_base, channels, row, r_sum, n_sum,
-                        R, N, RP, BLOCK_D, L, LR, CH, CHR)
+                        inner, walk, inputs, program, R, RP, N, BLOCK_D)
                     h = h_before
             gl.thread_barrier()  # the shared buffers and the scratch are written again
         gl.atomic_add(dA_ptr + (direction * N + n[:, None]) * channels + d[None, :], dA_sum,
@@ -377,19 +385,23 @@ if gluon is not None:
         gl.atomic_add(dD_ptr + kd, dD_sum, mask=d_mask, sem="relaxed")
 
 
-def backward(x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes, block_d,
-             checkpoint):
+def backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes, block_d, checkpoint):
     """Launches the kernel (arguments as :class:`.triton_ss2d._FusedSS2D` prepares them for
-    its own kernel; the scratch only needs as many elements)."""
+    its own kernel, which also takes a scratch buffer: this one makes its own, of the size it
+    needs)."""
     batch, height, width, channels = x.shape
     n_blocks = triton.cdiv(channels, block_d)
+    programs = 4 * n_blocks * batch
     # the asynchronous copies move 4 bytes a value at least: bf16 and fp16 inputs are made
     # float32 first (one pass over each, ~1 % of the kernel's time at stage 0)
     x, proj = x.float(), proj.float()
     gpu = torch.cuda.get_device_properties(x.device)
-    even_states = keeps_even_states_only(
-        4 * n_blocks * batch, checkpoint * sizes["N"] * block_d * scratch.element_size(),
-        gpu.multi_processor_count, gpu.L2_cache_size)
+    state_bytes = sizes["N"] * block_d * 4  # a program's states of one step, float32
+    even_states = keeps_even_states_only(programs, checkpoint * state_bytes,
+                                         gpu.multi_processor_count, gpu.L2_cache_size)
+    kept = checkpoint // 2 if even_states else checkpoint
+    scratch = torch.empty(programs, kept, sizes["N"], block_d, device=x.device,
+                          dtype=torch.float32)
     _ss2d_bwd[(4 * n_blocks, batch)](
         x, proj, *params, dy, checkpoints, scratch, dx, dproj, *grads,
         height, width, channels, height * width,

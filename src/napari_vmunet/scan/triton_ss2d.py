@@ -479,11 +479,11 @@ class _FusedSS2D(torch.autograd.Function):
         # the parameters' gradients in the kernels' layout: dt_weight's and A's channels last
         grads = [torch.zeros(p.shape, **f32) for p in params]
         sizes = _sizes(params)
-        n_blocks = triton.cdiv(channels, _BWD_BLOCK_D)
-        scratch = torch.empty(batch * N_DIRECTIONS * n_blocks, _CHECKPOINT, sizes["N"],
-                              _BWD_BLOCK_D, **f32)
         dy = dy.float().contiguous()
-        if not _gluon_backward(x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes):
+        if not _gluon_backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes):
+            n_blocks = triton.cdiv(channels, _BWD_BLOCK_D)
+            scratch = torch.empty(batch * N_DIRECTIONS * n_blocks, _CHECKPOINT, sizes["N"],
+                                  _BWD_BLOCK_D, **f32)
             _ss2d_bwd[(N_DIRECTIONS * n_blocks, batch)](
                 x, proj, *params, dy, checkpoints, scratch, dx, dproj, *grads,
                 height, width, channels, height * width,
@@ -494,7 +494,7 @@ class _FusedSS2D(torch.autograd.Function):
                 dA.transpose(1, 2), dD)
 
 
-def _gluon_backward(x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes):
+def _gluon_backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes):
     """Runs the Gluon backward kernel (:mod:`.gluon_ss2d`, faster) where it applies; False
     where the Triton one must run instead."""
     from . import gluon_ss2d  # here: it builds on this module's helpers
@@ -502,7 +502,7 @@ def _gluon_backward(x, proj, params, dy, checkpoints, scratch, dx, dproj, grads,
     if not gluon_ss2d.usable(sizes["R"], sizes["N"], _CHECKPOINT, x.device):
         return False
     try:
-        gluon_ss2d.backward(x, proj, params, dy, checkpoints, scratch, dx, dproj, grads, sizes,
+        gluon_ss2d.backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes,
                             _BWD_BLOCK_D, _CHECKPOINT)
     except Exception as error:  # Gluon is experimental: a Triton release may break it
         # (it fails while compiling, before anything is written to the gradients)
