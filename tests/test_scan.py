@@ -320,6 +320,42 @@ def test_triton_fused_ss2d_matches_the_composed_scan(batch, height, width, chann
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("batch, height, width, channels, rank, n_state", [
+    (48, 16, 16, 128, 8, 16),  # 8 intervals of 32 steps, 4 blocks of 32 channels
+    (3, 5, 9, 20, 3, 8),       # L = 45: a short last interval; a block of 20 channels
+    (2, 33, 40, 18, 4, 16),    # 41.25 intervals; 18 channels: the 4-byte atomics
+])
+def test_gluon_fused_forward_matches_the_composed_scan(batch, height, width, channels, rank,
+                                                       n_state, dtype, tolerance, monkeypatch):
+    """The Gluon forward kernel (inference), forced onto shapes the Triton one would scan, and
+    over the whole L: against the composed scan in float64, on fp32 and bf16 inputs."""
+    from napari_vmunet.scan import gluon_ss2d, triton_ss2d
+    from napari_vmunet.scan.ss2d import selective_scan_2d_composed
+
+    if scan.unavailable_reason("triton", "cuda"):
+        pytest.skip(scan.unavailable_reason("triton", "cuda"))
+    monkeypatch.setattr(gluon_ss2d, "_failure", None)
+    monkeypatch.setattr(gluon_ss2d, "_FORWARD_MIN_LENGTH", 0)
+    monkeypatch.setattr(triton_ss2d, "_segments", lambda *args: 1)
+    launches = []
+    launch = gluon_ss2d.forward
+    monkeypatch.setattr(gluon_ss2d, "forward", lambda *a: launches.append(1) or launch(*a))
+    i = _ss2d_inputs(batch, height, width, channels, rank, n_state, seed=channels)
+    proj = _pixel_projection(i["x"], i["x_proj_weight"])
+    x, proj = i["x"].to(dtype), proj.to(dtype)
+    params = [i[name] for name in ("dt_weight", "dt_bias", "A", "D")]
+    expected = selective_scan_2d_composed(x.double(), proj.double(), *params,
+                                          backend="reference")
+    with torch.no_grad():
+        got = scan.selective_scan_2d(x.cuda(), proj.cuda(), *(p.float().cuda() for p in params),
+                                     backend="triton")
+    assert launches and gluon_ss2d._failure is None  # the Gluon kernel built and ran
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    assert relative_error(got.cpu(), expected) <= tolerance
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("batch, height, width, channels, rank, n_state", [
     (2, 16, 24, 96, 6, 16),  # H != W
     (3, 5, 9, 20, 3, 8),     # L = 45: the last checkpoint interval is short; channel tails
     (4, 32, 32, 64, 8, 16),  # a longer walk back: 32 checkpoint intervals
@@ -329,7 +365,8 @@ def test_triton_fused_ss2d_gradients_match_the_composed_scan(batch, height, widt
                                                             rank, n_state, dtype, tolerance,
                                                             kernel, monkeypatch):
     """Both fused backward kernels (Gluon where it applies, with every state or only the even
-    steps' kept in its scratch; Triton elsewhere): gradients of x, the pixel projections and
+    steps' kept in its scratch; Triton elsewhere), each after its own forward kernel, which
+    keeps the checkpoints the backward starts from: gradients of x, the pixel projections and
     all four parameters against autograd through the composed scan in float64."""
     from napari_vmunet.scan import gluon_ss2d
     from napari_vmunet.scan.ss2d import selective_scan_2d_composed
@@ -343,6 +380,7 @@ def test_triton_fused_ss2d_gradients_match_the_composed_scan(batch, height, widt
         assert gluon_ss2d.usable(rank, n_state, 32, torch.device("cuda"))
         even = kernel == "gluon-even-states"  # these small shapes would keep every state
         monkeypatch.setattr(gluon_ss2d, "keeps_even_states_only", lambda *args: even)
+        monkeypatch.setattr(gluon_ss2d, "_FORWARD_MIN_LENGTH", 0)  # and walk too short a way
     i = _ss2d_inputs(batch, height, width, channels, rank, n_state, seed=channels)
     proj = _pixel_projection(i["x"], i["x_proj_weight"])
     inputs = [i["x"].to(dtype), proj.to(dtype)] + [i[k] for k in ("dt_weight", "dt_bias", "A",
@@ -379,13 +417,15 @@ def test_the_gluon_backward_keeps_even_states_only_where_its_scratch_leaves_l2()
 
 
 @pytest.mark.gpu
-def test_a_gluon_kernel_that_fails_to_build_falls_back_to_triton(monkeypatch):
-    """If Triton's experimental Gluon cannot build the backward (a release changed its API),
-    training goes on with the Triton kernel, says so once, and its gradients are the same."""
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_a_gluon_kernel_that_fails_to_build_falls_back_to_triton(kernel, monkeypatch):
+    """If Triton's experimental Gluon cannot build a kernel (a release changed its API),
+    training goes on with the Triton kernels, says so once, and its gradients are the same."""
     from napari_vmunet.scan import gluon_ss2d
 
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
+    monkeypatch.setattr(gluon_ss2d, "_FORWARD_MIN_LENGTH", 0)  # the Gluon forward runs too
     i = _ss2d_inputs(2, 16, 24, 96, 6, 16, seed=3)
     proj = _pixel_projection(i["x"], i["x_proj_weight"])
     inputs = [t.float().cuda().requires_grad_() for t in (
@@ -397,14 +437,14 @@ def test_a_gluon_kernel_that_fails_to_build_falls_back_to_triton(monkeypatch):
                                    grad_out)
 
     monkeypatch.setattr(gluon_ss2d, "_failure", None)
-    expected = gradients()  # the Gluon kernel
+    expected = gradients()  # the Gluon kernels
     assert gluon_ss2d._failure is None
 
     def broken(*args):
         raise RuntimeError("an API this kernel uses is gone")
 
-    monkeypatch.setattr(gluon_ss2d, "backward", broken)
-    with pytest.warns(RuntimeWarning, match="Triton one is used instead.*API this kernel uses"):
+    monkeypatch.setattr(gluon_ss2d, kernel, broken)
+    with pytest.warns(RuntimeWarning, match="Triton ones are used instead.*API this kernel uses"):
         got = gradients()
     assert "RuntimeError" in gluon_ss2d._failure
     assert not gluon_ss2d.usable(6, 16, 32, torch.device("cuda"))  # not tried again

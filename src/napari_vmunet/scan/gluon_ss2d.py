@@ -1,6 +1,7 @@
-"""The fused SS2D scan's backward kernel written in Gluon, Triton's layout-explicit dialect.
+"""The fused SS2D scan's kernels written in Gluon, Triton's layout-explicit dialect: the
+backward, and the forward where a program walks a long way.
 
-It computes what :func:`napari_vmunet.scan.triton_ss2d._ss2d_bwd` computes, with the same
+The backward computes what :func:`napari_vmunet.scan.triton_ss2d._ss2d_bwd` computes, with the same
 program decomposition (one warp per batch x direction x 16 channels, walking each checkpoint
 interval forward to recompute its states, then back), and gets there in ~45 % fewer
 instructions and 0.51-0.84 of the time at config B's stage shapes (H100, benchmarks/RESULTS.md)
@@ -21,8 +22,16 @@ by choosing where the data lies, which Triton decides by itself:
   the time at those shapes; where the buffers fit L2 (batch 8 at stage 0) the extra
   multiplications lengthen each walk's dependent chain and cost more than they save.
 
-Gluon is experimental in Triton: :func:`usable` admits only the Triton releases this kernel was
-tested on, and :mod:`.triton_ss2d` falls back to its own kernel if this one fails to build.
+The forward computes what :func:`napari_vmunet.scan.triton_ss2d._ss2d_fwd` computes over the
+whole L (one channel a lane, 32 a program), with the same shared buffers: each interval's inputs
+are copied in while the interval before it is scanned, and its outputs are kept there and added
+to the image once at its end, four channels a 16-byte atomic addition (Triton adds float32 one
+at a time). Where a program walks 4096 steps or more (stage 0 of a 256² batch of 32) it takes
+0.75 of the Triton kernel's time; on shorter walks the Triton kernel's pipelined loop is as
+fast or faster, and where L is cut into segments the Triton kernel runs.
+
+Gluon is experimental in Triton: :func:`usable` admits only the Triton releases these kernels
+were tested on, and :mod:`.triton_ss2d` falls back to its own kernels if one fails to build.
 """
 
 from __future__ import annotations
@@ -61,7 +70,14 @@ _PROGRAMS_PER_SM = 65536 // (_MAX_REGISTERS * 32)  # an SM's registers / a one-w
 # kept whole).
 _EVEN_STATES_L2_SHARE = 1 / 3
 
-_failure: str | None = None  # why the kernel could not be built, once it failed
+# The forward runs here where a program walks at least this many steps. Kernel alone, against
+# the Triton forward (H100, 256² batch 32, benchmarks/RESULTS.md): 0.75 of its time at stage 0
+# (4096 steps), 1.13 at stage 1 (1024), 0.92 at stage 2 (256), 1.06 at stage 3 (64).
+_FORWARD_MIN_LENGTH = 4096
+_FORWARD_BLOCK_D = 32  # one channel a lane: 16 a warp (two lanes a channel) was no faster
+_INTERVAL = 32  # steps whose inputs the forward copies at once (64: 1.5x slower)
+
+_failure: str | None = None  # why a kernel could not be built, once one failed
 
 
 def _tested_release() -> bool:
@@ -73,11 +89,19 @@ _TESTED = gluon is not None and _tested_release()  # decided once, not at every 
 
 
 def usable(rank: int, n_state: int, checkpoint: int, device: torch.device) -> bool:
-    """Whether this kernel computes the backward for these sizes on ``device``."""
+    """Whether the Gluon kernels compute the scan for these sizes on ``device``."""
     if not _TESTED or _failure is not None or device.type != "cuda":
         return False
     return (checkpoint == 32 and rank <= _MAX_RANK and n_state <= _MAX_STATES
             and torch.cuda.get_device_capability(device)[0] >= 8)  # asynchronous copies
+
+
+def runs_forward(length: int, rank: int, n_state: int, checkpoint: int,
+                 device: torch.device) -> bool:
+    """Whether the Gluon forward scans an unsegmented L of ``length`` (keeping the state every
+    ``checkpoint`` steps, or none with 0) faster than the Triton one."""
+    return (length >= _FORWARD_MIN_LENGTH and checkpoint in (0, _INTERVAL)
+            and usable(rank, n_state, _INTERVAL, device))
 
 
 def keeps_even_states_only(programs: int, scratch_bytes: int, processors: int,
@@ -92,9 +116,9 @@ def give_up(error: Exception) -> None:
     """Stop using this kernel for the rest of the session, and say why once."""
     global _failure
     _failure = f"{type(error).__name__}: {error}"
-    warnings.warn("The Gluon backward kernel of the triton scan could not be built; the "
-                  f"Triton one is used instead, at some cost in speed ({_failure})",
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn("A Gluon kernel of the triton scan could not be built; the Triton ones are "
+                  f"used instead, at some cost in speed ({_failure})", RuntimeWarning,
+                  stacklevel=3)
 
 
 if gluon is not None:
@@ -132,13 +156,18 @@ if gluon is not None:
         lanes = min(columns, 32)
         return gl.BlockedLayout([1, columns // lanes], [32 // lanes, lanes], [1, 1], [1, 0])
 
+    @gluon.constexpr_function
+    def _rows(shape):
+        """The rows of a (steps, columns) or (buffers, steps, columns) shape."""
+        return shape[0] * shape[1] if len(shape) == 3 else shape[0]
+
     @gluon.jit
     def _by_step(buffer):
-        """A (steps, columns) shared buffer seen as (steps, 1, columns): indexing it by a
-        step that is only known at run time gives a (1, columns) tile. (``_reinterpret`` is
-        not public Gluon: should a release change it, the build fails and the Triton kernel
-        runs.)"""
-        return buffer._reinterpret(buffer.dtype, [buffer.shape[0], 1, buffer.shape[1]],
+        """A (steps, columns) shared buffer, or (2, steps, columns) double buffer, seen as
+        (rows, 1, columns): indexing it by a row that is only known at run time gives a
+        (1, columns) tile. (``_reinterpret`` is not public Gluon: should a release change it,
+        the build fails and the Triton kernel runs.)"""
+        return buffer._reinterpret(buffer.dtype, [_rows(buffer.shape), 1, buffer.shape[-1]],
                                    buffer.layout)
 
     @gluon.jit
@@ -163,10 +192,67 @@ if gluon is not None:
                                                (at >= 0) & (column < count))
 
     @gluon.jit
-    def _state_after(h, i, start, length, x_at, dt_at, B_at, dt_w, bias, A2,
+    def _pixels_of(start, length, direction, height, width, STEPS: gl.constexpr):
+        """The pixel each step of the interval from ``start`` reads, a step a lane (-1 past
+        the end)."""
+        ONE: gl.constexpr = gl.BlockedLayout([STEPS // 32], [32], [1], [0])
+        steps = start + gl.arange(0, STEPS, layout=ONE)
+        return gl.where(steps < length, _pixel(steps, direction, height, width, length), -1)
+
+    @gluon.jit
+    def _copy_inputs(pixel_of, xs, dts, Bs, Cs, x_base, proj_base, channels, left, row,
+                     R: gl.constexpr, N: gl.constexpr):
+        """Starts copying an interval's x, low-rank dt, B and C (``row`` values a direction's
+        pixel projection) into shared buffers (steps, columns)."""
+        _copy_interval(xs, x_base, pixel_of, channels, left, _copy_layout(xs.shape[1]))
+        _copy_interval(dts, proj_base, pixel_of, 4 * row, R, _copy_layout(dts.shape[1]))
+        _copy_interval(Bs, proj_base + R, pixel_of, 4 * row, N, _copy_layout(N))
+        _copy_interval(Cs, proj_base + R + N, pixel_of, 4 * row, N, _copy_layout(N))
+
+    @gluon.jit
+    def _channel_parameters(dtw_ptr, bias_ptr, A_ptr, D_ptr, direction, d, d_r, n, r, channels,
+                            R: gl.constexpr, N: gl.constexpr):
+        """A program's channels' A (N, BLOCK_D), D, dt_bias and dt_weight (RP, BLOCK_D), stored
+        as the Triton kernels read them; ``d_r`` are the channels laid out as dt_weight's."""
+        d_mask = d < channels
+        kd = direction * channels + d
+        A = gl.load(A_ptr + (direction * N + n[:, None]) * channels + d[None, :],
+                    mask=d_mask[None, :], other=0.0)
+        Dv = gl.load(D_ptr + kd, mask=d_mask, other=0.0)
+        bias = gl.load(bias_ptr + kd, mask=d_mask, other=0.0)
+        dt_w = gl.load(dtw_ptr + (direction * R + r[:, None]) * channels + d_r[None, :],
+                       mask=(d_r < channels)[None, :] & (r < R)[:, None], other=0.0)
+        return A, Dv, bias, dt_w
+
+    @gluon.jit
+    def _add_interval(ys, y_base, pixel_of, channels, left, VECTOR: gl.constexpr):
+        """Adds an interval's outputs, a (steps, BLOCK_D) shared buffer, to the pixels they
+        belong to, four channels a thread: one 16-byte atomic addition with VECTOR (sm_90 and
+        channels a multiple of 4), else four of 4 bytes (all Triton's atomics do)."""
+        BLOCK_D: gl.constexpr = ys.shape[1]
+        FOURS: gl.constexpr = gl.BlockedLayout([1, 4], [128 // BLOCK_D, BLOCK_D // 4], [1, 1],
+                                               [1, 0])
+        values = ys.load(FOURS)
+        at = gl.convert_layout(pixel_of, gl.SliceLayout(1, FOURS))[:, None]
+        column = gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, FOURS))[None, :]
+        pointers = y_base + at * channels + column
+        inside = (at >= 0) & (column < left)
+        if VECTOR:  # a thread's four values are one pack; they are inside or outside together
+            gl.inline_asm_elementwise(
+                "{ .reg .pred p; setp.ne.b32 p, $12, 0; "
+                "@p red.relaxed.gpu.global.add.v4.f32 [$4], {$8, $9, $10, $11}; "
+                "mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0; }",
+                "=r,=r,=r,=r,l,l,l,l,r,r,r,r,r,r,r,r",
+                [pointers.to(gl.int64), values.to(gl.int32, bitcast=True), inside.to(gl.int32)],
+                dtype=gl.int32, is_pure=False, pack=4)
+        else:
+            gl.atomic_add(pointers, values, mask=inside, sem="relaxed")
+
+    @gluon.jit
+    def _state_after(h, i, step, length, x_at, dt_at, B_at, dt_w, bias, A2,
                      RP: gl.constexpr, N: gl.constexpr, BLOCK_D: gl.constexpr):
-        """The state after row ``i`` of the interval from the state before it (dt is 0 past
-        the sequence's end: the state carries)."""
+        """The state after ``step`` (its inputs at row ``i`` of the shared buffers) from the
+        state before it (dt is 0 past the sequence's end: the state carries)."""
         L: gl.constexpr = _per_channel(N, BLOCK_D)
         LR: gl.constexpr = _per_channel(RP, BLOCK_D)
         CH: gl.constexpr = gl.SliceLayout(0, L)
@@ -174,8 +260,89 @@ if gluon is not None:
         dt_low = _states_at(dt_at, i, LR)
         Bv = _states_at(B_at, i, L)
         raw = gl.convert_layout(gl.sum(dt_w * dt_low[:, None], axis=0), CH) + bias
-        dt = gl.where(start + i < length, _softplus(raw), 0.0)
+        dt = gl.where(step < length, _softplus(raw), 0.0)
         return gl.exp2(dt[None, :] * A2) * h + (dt * xv)[None, :] * Bv[:, None]
+
+    @gluon.jit
+    def _ss2d_fwd(
+        x_ptr, proj_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, y_ptr, checkpoint_ptr,
+        height, width, channels, length,
+        R: gl.constexpr, RP: gl.constexpr, N: gl.constexpr, BLOCK_D: gl.constexpr,
+        INTERVAL: gl.constexpr,
+        CHECKPOINTS: gl.constexpr,  # keep the state before each interval for the backward
+        VECTOR: gl.constexpr,  # 16-byte atomic additions (see _add_interval)
+    ):
+        """The fused scan over the whole L; arguments as the Triton kernel's (PASS 0, with
+        checkpoints every INTERVAL steps). A program owns (batch, direction, BLOCK_D channels),
+        a channel a lane with all its states."""
+        L: gl.constexpr = _per_channel(N, BLOCK_D)  # the states
+        LR: gl.constexpr = _per_channel(RP, BLOCK_D)  # the low-rank dt weights
+        CH: gl.constexpr = gl.SliceLayout(0, L)
+        ROWS: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+
+        n_blocks = gl.cdiv(channels, BLOCK_D)
+        direction = gl.program_id(0) // n_blocks
+        block = gl.program_id(0) % n_blocks
+        d = block * BLOCK_D + gl.arange(0, BLOCK_D, layout=CH)
+        d_r = block * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(0, LR))
+        b = gl.program_id(1).to(gl.int64)
+        n = gl.arange(0, N, layout=gl.SliceLayout(1, L))
+        r = gl.arange(0, RP, layout=gl.SliceLayout(1, LR))
+        A, Dv, bias, dt_w = _channel_parameters(dtw_ptr, bias_ptr, A_ptr, D_ptr, direction, d,
+                                                d_r, n, r, channels, R, N)
+        A2 = A * 1.4426950408889634
+
+        row = R + 2 * N  # a direction's projection of a pixel: dt (R), B (N), C (N)
+        x_base = x_ptr + b * length * channels + block * BLOCK_D
+        y_base = y_ptr + b * length * channels + block * BLOCK_D
+        proj_base = proj_ptr + (b * length * 4 + direction) * row
+        left = channels - block * BLOCK_D  # channels of this block that exist
+        n_intervals = gl.cdiv(length, INTERVAL)
+        checkpoints = (checkpoint_ptr + ((b * 4 + direction) * n_intervals * N + n[:, None])
+                       * channels + d[None, :])
+
+        # two buffers of each input: an interval's are copied while the one before is scanned
+        xs = gl.allocate_shared_memory(gl.float32, [2, INTERVAL, BLOCK_D], ROWS)
+        dts = gl.allocate_shared_memory(gl.float32, [2, INTERVAL, RP], ROWS)
+        Bs = gl.allocate_shared_memory(gl.float32, [2, INTERVAL, N], ROWS)
+        Cs = gl.allocate_shared_memory(gl.float32, [2, INTERVAL, N], ROWS)
+        ys = gl.allocate_shared_memory(gl.float32, [INTERVAL, BLOCK_D], ROWS)
+        x_at, dt_at, B_at = _by_step(xs), _by_step(dts), _by_step(Bs)
+        C_at, y_at = _by_step(Cs), _by_step(ys)
+        copy = (x_base, proj_base, channels, left, row)
+
+        pixel_of = _pixels_of(0, length, direction, height, width, INTERVAL)
+        _copy_inputs(pixel_of, xs.index(0), dts.index(0), Bs.index(0), Cs.index(0), *copy, R, N)
+        async_copy.commit_group()
+        h = gl.zeros((N, BLOCK_D), gl.float32, L)
+        for c in range(0, n_intervals):
+            start = c * INTERVAL
+            pixel_next = _pixels_of(start + INTERVAL, length, direction, height, width, INTERVAL)
+            other = (c + 1) % 2
+            _copy_inputs(pixel_next, xs.index(other), dts.index(other), Bs.index(other),
+                         Cs.index(other), *copy, R, N)
+            async_copy.commit_group()
+            if CHECKPOINTS:
+                gl.store(checkpoints + c * N * channels, h, mask=(d < channels)[None, :])
+            async_copy.wait_group(1)  # this interval's copies (not the next one's) have landed
+            gl.thread_barrier()
+
+            first = (c % 2) * INTERVAL  # the interval's first row in the buffers
+            # two steps an iteration, so that one step's dt and decays are worked out while the
+            # step before it still sums its output (0.96 of the time of one step an iteration)
+            for pair in range(0, INTERVAL, 2):
+                for k in gl.static_range(2):
+                    i = pair + k
+                    h = _state_after(h, first + i, start + i, length, x_at, dt_at, B_at, dt_w,
+                                     bias, A2, RP, N, BLOCK_D)
+                    Cv = _states_at(C_at, first + i, L)
+                    y = gl.sum(h * Cv[:, None], axis=0) + Dv * _channels_at(x_at, first + i, L)
+                    y_at.index(i).store(y[None, :])
+            gl.thread_barrier()  # every lane's outputs are in ys
+            _add_interval(ys, y_base, pixel_of, channels, left, VECTOR)
+            pixel_of = pixel_next
+            gl.thread_barrier()  # ys and this interval's buffers are written again
+        async_copy.wait_group(0)  # the copies started past the end (they copy nothing)
 
     @gluon.jit
     def _step_back(i, h_known, ODD: gl.constexpr, g, decay_next, dA_sum, dw_sum, dbias_sum,
@@ -249,8 +416,6 @@ if gluon is not None:
         LR: gl.constexpr = _per_channel(RP, BLOCK_D)  # the low-rank dt weights
         CH: gl.constexpr = gl.SliceLayout(0, L)
         CHR: gl.constexpr = gl.SliceLayout(0, LR)
-        # each lane one step of an interval
-        ONE: gl.constexpr = gl.BlockedLayout([CHECKPOINT // 32], [32], [1], [0])
         ROWS: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
 
         n_blocks = gl.cdiv(channels, BLOCK_D)
@@ -267,14 +432,10 @@ if gluon is not None:
         r_sum = gl.arange(0, RP, layout=gl.SliceLayout(1, _transposed(RP, BLOCK_D)))
 
         kd = direction * channels + d
-        A = gl.load(A_ptr + (direction * N + n[:, None]) * channels + d[None, :],
-                    mask=d_mask[None, :], other=0.0)
+        A, Dv, bias, dt_w = _channel_parameters(dtw_ptr, bias_ptr, A_ptr, D_ptr, direction, d,
+                                                d_r, n, r, channels, R, N)
         A2 = A * 1.4426950408889634
-        Dv = gl.load(D_ptr + kd, mask=d_mask, other=0.0)
-        bias = gl.load(bias_ptr + kd, mask=d_mask, other=0.0)
         w_mask = (d_r < channels)[None, :] & (r < R)[:, None]
-        dt_w = gl.load(dtw_ptr + (direction * R + r[:, None]) * channels + d_r[None, :],
-                       mask=w_mask, other=0.0)
 
         run = b * 4 + direction
         row = R + 2 * N  # a direction's projection of a pixel: dt (R), B (N), C (N)
@@ -311,14 +472,9 @@ if gluon is not None:
             start = (n_checkpoints - 1 - c) * CHECKPOINT
             # the interval's inputs into shared memory; the previous interval's walk back has
             # finished reading them (the barrier at the end of the loop)
-            steps = start + gl.arange(0, CHECKPOINT, layout=ONE)
-            pixel_of = gl.where(steps < length, _pixel(steps, direction, height, width, length),
-                                -1)
-            _copy_interval(xs, x_base, pixel_of, channels, left, _copy_layout(BLOCK_D))
+            pixel_of = _pixels_of(start, length, direction, height, width, CHECKPOINT)
+            _copy_inputs(pixel_of, xs, dts, Bs, Cs, x_base, proj_base, channels, left, row, R, N)
             _copy_interval(dys, dy_base, pixel_of, channels, left, _copy_layout(BLOCK_D))
-            _copy_interval(dts, proj_base, pixel_of, 4 * row, R, _copy_layout(RP))
-            _copy_interval(Bs, proj_base + R, pixel_of, 4 * row, N, _copy_layout(N))
-            _copy_interval(Cs, proj_base + R + N, pixel_of, 4 * row, N, _copy_layout(N))
             async_copy.commit_group()
             h = gl.load(checkpoint_ptr + ((run * n_checkpoints + start // CHECKPOINT) * N
                                           + n[:, None]) * channels + d[None, :],
@@ -330,15 +486,15 @@ if gluon is not None:
             # scratch buffer
             if EVEN_STATES:
                 for p in range(0, CHECKPOINT // 2):
-                    h = _state_after(h, 2 * p, start, length, x_at, dt_at, B_at, dt_w, bias, A2,
-                                     RP, N, BLOCK_D)
+                    h = _state_after(h, 2 * p, start + 2 * p, length, x_at, dt_at, B_at, dt_w,
+                                     bias, A2, RP, N, BLOCK_D)
                     gl.store(scratch + p * N * BLOCK_D, h)
-                    h = _state_after(h, 2 * p + 1, start, length, x_at, dt_at, B_at, dt_w, bias,
-                                     A2, RP, N, BLOCK_D)
+                    h = _state_after(h, 2 * p + 1, start + 2 * p + 1, length, x_at, dt_at, B_at,
+                                     dt_w, bias, A2, RP, N, BLOCK_D)
             else:
                 for i in range(0, CHECKPOINT):
-                    h = _state_after(h, i, start, length, x_at, dt_at, B_at, dt_w, bias, A2,
-                                     RP, N, BLOCK_D)
+                    h = _state_after(h, i, start + i, length, x_at, dt_at, B_at, dt_w, bias,
+                                     A2, RP, N, BLOCK_D)
                     gl.store(scratch + i * N * BLOCK_D, h)
             gl.thread_barrier()  # the states are read back below
 
@@ -407,3 +563,16 @@ def backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes, block_d,
         height, width, channels, height * width,
         BLOCK_D=block_d, CHECKPOINT=checkpoint, EVEN_STATES=even_states, num_warps=1,
         maxnreg=_MAX_REGISTERS, **sizes)
+
+
+def forward(x, proj, params, y, checkpoints, sizes, checkpoint):
+    """Launches the forward kernel over the whole L, keeping the state every ``checkpoint``
+    steps (0: none) in ``checkpoints``; arguments as :func:`.triton_ss2d._forward` prepares
+    them for its own kernel (x and proj float32, y zeroed)."""
+    batch, height, width, channels = x.shape
+    n_blocks = triton.cdiv(channels, _FORWARD_BLOCK_D)
+    vector = channels % 4 == 0 and torch.cuda.get_device_capability(x.device)[0] >= 9
+    _ss2d_fwd[(4 * n_blocks, batch)](
+        x, proj, *params, y, checkpoints, height, width, channels, height * width,
+        BLOCK_D=_FORWARD_BLOCK_D, INTERVAL=_INTERVAL, CHECKPOINTS=checkpoint > 0,
+        VECTOR=vector, num_warps=1, **sizes)

@@ -26,6 +26,9 @@ For training, the forward pass also keeps the state every ``_CHECKPOINT`` steps 
 cut in segments), and one backward kernel walks each direction back from those checkpoints
 (:func:`_ss2d_bwd`): the four directions' gradients are made and merged without the
 (B, 4, D, L) tensors of the composed form ever existing, in about half the memory.
+
+Where Triton's Gluon dialect is usable, :mod:`.gluon_ss2d` computes the backward, and the
+forward where a program walks 4096 steps or more; the kernels here are their fallback.
 """
 
 from __future__ import annotations
@@ -430,13 +433,16 @@ def _forward(x, proj, params, checkpoint_every=0):
     if checkpoint_every:
         checkpoints = torch.empty(batch * N_DIRECTIONS, -(-length // checkpoint_every), n_state,
                                   channels, device=x.device, dtype=torch.float32)
+    meta = _sizes(params)
+    if n_segments == 1 and _gluon_forward(x, proj, params, y, checkpoints, meta,
+                                          checkpoint_every):
+        return y, checkpoints
     args = (x, proj, *params, y, seg_state, seg_dt, checkpoints, height, width, channels,
             length, segment_length, n_segments)
 
     def grid(m):
         return (N_DIRECTIONS * triton.cdiv(channels, m["BLOCK_D"]), n_segments, batch)
 
-    meta = _sizes(params)
     if n_segments > 1:
         _ss2d_fwd[grid](*args, PASS=1, **meta)
     _ss2d_fwd[grid](*args, PASS=2 if n_segments > 1 else 0, CHECKPOINT=checkpoint_every,
@@ -494,18 +500,38 @@ class _FusedSS2D(torch.autograd.Function):
                 dA.transpose(1, 2), dD)
 
 
+def _gluon_forward(x, proj, params, y, checkpoints, sizes, checkpoint_every):
+    """Runs the Gluon forward kernel (:mod:`.gluon_ss2d`) over the whole L where it is the
+    faster one; False where the Triton one must run instead."""
+    from . import gluon_ss2d  # here: it builds on this module's helpers
+
+    length = x.shape[1] * x.shape[2]
+    if not gluon_ss2d.runs_forward(length, sizes["R"], sizes["N"], checkpoint_every, x.device):
+        return False
+    return _run_gluon(gluon_ss2d.forward, x, proj, params, y, checkpoints, sizes,
+                      checkpoint_every)
+
+
 def _gluon_backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes):
     """Runs the Gluon backward kernel (:mod:`.gluon_ss2d`, faster) where it applies; False
     where the Triton one must run instead."""
-    from . import gluon_ss2d  # here: it builds on this module's helpers
+    from . import gluon_ss2d
 
     if not gluon_ss2d.usable(sizes["R"], sizes["N"], _CHECKPOINT, x.device):
         return False
+    return _run_gluon(gluon_ss2d.backward, x, proj, params, dy, checkpoints, dx, dproj, grads,
+                      sizes, _BWD_BLOCK_D, _CHECKPOINT)
+
+
+def _run_gluon(kernel, *args):
+    """Runs a Gluon kernel's launcher; False, once and for the rest of the session, if it
+    cannot be built. Gluon is experimental: a Triton release may break it. It fails while
+    compiling, before anything is written to the outputs, so the Triton kernel can take over."""
+    from . import gluon_ss2d
+
     try:
-        gluon_ss2d.backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes,
-                            _BWD_BLOCK_D, _CHECKPOINT)
-    except Exception as error:  # Gluon is experimental: a Triton release may break it
-        # (it fails while compiling, before anything is written to the gradients)
+        kernel(*args)
+    except Exception as error:
         gluon_ss2d.give_up(error)
         return False
     return True
