@@ -286,6 +286,24 @@ def test_ss2d_composed_scan_is_the_authors_formulation():
     assert relative_error(got, expected) <= 1e-12
 
 
+def _fused_scan_and_reference(batch, height, width, channels, rank, n_state, dtype, seed):
+    """The triton backend's fused scan (inference) of random inputs in ``dtype``, float32 on
+    the GPU, and the composed scan of the same rounded inputs in float64."""
+    from napari_vmunet.scan.ss2d import selective_scan_2d_composed
+
+    i = _ss2d_inputs(batch, height, width, channels, rank, n_state, seed=seed)
+    proj = _pixel_projection(i["x"], i["x_proj_weight"])
+    x, proj = i["x"].to(dtype), proj.to(dtype)
+    params = [i[name] for name in ("dt_weight", "dt_bias", "A", "D")]
+    expected = selective_scan_2d_composed(x.double(), proj.double(), *params,
+                                          backend="reference")
+    with torch.no_grad():
+        got = scan.selective_scan_2d(x.cuda(), proj.cuda(), *(p.float().cuda() for p in params),
+                                     backend="triton")
+    assert got.dtype == torch.float32 and got.shape == x.shape
+    return got, expected
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("batch, height, width, channels, rank, n_state, segmented", [
@@ -299,20 +317,11 @@ def test_triton_fused_ss2d_matches_the_composed_scan(batch, height, width, chann
     """The fused kernel (inference) against the composed scan in float64, on fp32 and bf16
     inputs (bf16: the float64 reference gets the same rounded inputs)."""
     from napari_vmunet.scan import triton_ss2d
-    from napari_vmunet.scan.ss2d import selective_scan_2d_composed
 
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
-    i = _ss2d_inputs(batch, height, width, channels, rank, n_state, seed=height * width)
-    proj = _pixel_projection(i["x"], i["x_proj_weight"])
-    x, proj = i["x"].to(dtype), proj.to(dtype)
-    params = [i[name] for name in ("dt_weight", "dt_bias", "A", "D")]
-    expected = selective_scan_2d_composed(x.double(), proj.double(), *params,
-                                          backend="reference")
-    with torch.no_grad():
-        got = scan.selective_scan_2d(x.cuda(), proj.cuda(), *(p.float().cuda() for p in params),
-                                     backend="triton")
-    assert got.dtype == torch.float32 and got.shape == x.shape
+    got, expected = _fused_scan_and_reference(batch, height, width, channels, rank, n_state,
+                                              dtype, seed=height * width)
     assert relative_error(got.cpu(), expected) <= tolerance
     assert (triton_ss2d._segments(batch, channels, height * width) > 1) == segmented
 
@@ -329,7 +338,6 @@ def test_gluon_fused_forward_matches_the_composed_scan(batch, height, width, cha
     """The Gluon forward kernel (inference), forced onto shapes the Triton one would scan, and
     over the whole L: against the composed scan in float64, on fp32 and bf16 inputs."""
     from napari_vmunet.scan import gluon_ss2d, triton_ss2d
-    from napari_vmunet.scan.ss2d import selective_scan_2d_composed
 
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
@@ -339,17 +347,9 @@ def test_gluon_fused_forward_matches_the_composed_scan(batch, height, width, cha
     launches = []
     launch = gluon_ss2d.forward
     monkeypatch.setattr(gluon_ss2d, "forward", lambda *a: launches.append(1) or launch(*a))
-    i = _ss2d_inputs(batch, height, width, channels, rank, n_state, seed=channels)
-    proj = _pixel_projection(i["x"], i["x_proj_weight"])
-    x, proj = i["x"].to(dtype), proj.to(dtype)
-    params = [i[name] for name in ("dt_weight", "dt_bias", "A", "D")]
-    expected = selective_scan_2d_composed(x.double(), proj.double(), *params,
-                                          backend="reference")
-    with torch.no_grad():
-        got = scan.selective_scan_2d(x.cuda(), proj.cuda(), *(p.float().cuda() for p in params),
-                                     backend="triton")
+    got, expected = _fused_scan_and_reference(batch, height, width, channels, rank, n_state,
+                                              dtype, seed=channels)
     assert launches and gluon_ss2d._failure is None  # the Gluon kernel built and ran
-    assert got.dtype == torch.float32 and got.shape == x.shape
     assert relative_error(got.cpu(), expected) <= tolerance
 
 

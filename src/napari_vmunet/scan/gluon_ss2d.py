@@ -75,7 +75,7 @@ _EVEN_STATES_L2_SHARE = 1 / 3
 # (4096 steps), 1.13 at stage 1 (1024), 0.92 at stage 2 (256), 1.06 at stage 3 (64).
 _FORWARD_MIN_LENGTH = 4096
 _FORWARD_BLOCK_D = 32  # one channel a lane: 16 a warp (two lanes a channel) was no faster
-_INTERVAL = 32  # steps whose inputs the forward copies at once (64: 1.5x slower)
+_INTERVAL = 32  # steps whose inputs the forward copies at once (64: 1.6x slower)
 
 _failure: str | None = None  # why a kernel could not be built, once one failed
 
@@ -113,7 +113,7 @@ def keeps_even_states_only(programs: int, scratch_bytes: int, processors: int,
 
 
 def give_up(error: Exception) -> None:
-    """Stop using this kernel for the rest of the session, and say why once."""
+    """Stop using the Gluon kernels for the rest of the session, and say why once."""
     global _failure
     _failure = f"{type(error).__name__}: {error}"
     warnings.warn("A Gluon kernel of the triton scan could not be built; the Triton ones are "
