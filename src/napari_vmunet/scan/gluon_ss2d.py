@@ -72,7 +72,7 @@ _EVEN_STATES_L2_SHARE = 1 / 3
 
 # The forward runs here where a program walks at least this many steps. Kernel alone, against
 # the Triton forward (H100, 256² batch 32, benchmarks/RESULTS.md): 0.75 of its time at stage 0
-# (4096 steps), 1.13 at stage 1 (1024), 0.92 at stage 2 (256), 1.06 at stage 3 (64).
+# (4096 steps), 1.13 at stage 1 (1024), 0.92 at stage 2 (256), 1.07 at stage 3 (64).
 _FORWARD_MIN_LENGTH = 4096
 _FORWARD_BLOCK_D = 32  # one channel a lane: 16 a warp (two lanes a channel) was no faster
 _INTERVAL = 32  # steps whose inputs the forward copies at once (64: 1.6x slower)
