@@ -112,13 +112,21 @@ def keeps_even_states_only(programs: int, scratch_bytes: int, processors: int,
     return running * scratch_bytes > _EVEN_STATES_L2_SHARE * l2_bytes
 
 
-def give_up(error: Exception) -> None:
-    """Stop using the Gluon kernels for the rest of the session, and say why once."""
+def launched(launch, *args) -> bool:
+    """Runs a kernel's launcher (:func:`forward`, :func:`backward`); False if the kernel
+    cannot be built, and then, saying why once, no Gluon kernel is used for the rest of the
+    session. Gluon is experimental: a Triton release may break it. A kernel fails while it
+    compiles, before anything is written to its outputs, so the Triton one can take over."""
     global _failure
-    _failure = f"{type(error).__name__}: {error}"
-    warnings.warn("A Gluon kernel of the triton scan could not be built; the Triton ones are "
-                  f"used instead, at some cost in speed ({_failure})", RuntimeWarning,
-                  stacklevel=3)
+    try:
+        launch(*args)
+    except Exception as error:
+        _failure = f"{type(error).__name__}: {error}"
+        warnings.warn("A Gluon kernel of the triton scan could not be built; the Triton ones "
+                      f"are used instead, at some cost in speed ({_failure})", RuntimeWarning,
+                      stacklevel=3)
+        return False
+    return True
 
 
 if gluon is not None:

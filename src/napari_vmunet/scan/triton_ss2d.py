@@ -508,8 +508,8 @@ def _gluon_forward(x, proj, params, y, checkpoints, sizes, checkpoint_every):
     length = x.shape[1] * x.shape[2]
     if not gluon_ss2d.runs_forward(length, sizes["R"], sizes["N"], checkpoint_every, x.device):
         return False
-    return _run_gluon(gluon_ss2d.forward, x, proj, params, y, checkpoints, sizes,
-                      checkpoint_every)
+    return gluon_ss2d.launched(gluon_ss2d.forward, x, proj, params, y, checkpoints, sizes,
+                               checkpoint_every)
 
 
 def _gluon_backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes):
@@ -519,22 +519,8 @@ def _gluon_backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes):
 
     if not gluon_ss2d.usable(sizes["R"], sizes["N"], _CHECKPOINT, x.device):
         return False
-    return _run_gluon(gluon_ss2d.backward, x, proj, params, dy, checkpoints, dx, dproj, grads,
-                      sizes, _BWD_BLOCK_D, _CHECKPOINT)
-
-
-def _run_gluon(kernel, *args):
-    """Runs a Gluon kernel's launcher; False, once and for the rest of the session, if it
-    cannot be built. Gluon is experimental: a Triton release may break it. It fails while
-    compiling, before anything is written to the outputs, so the Triton kernel can take over."""
-    from . import gluon_ss2d
-
-    try:
-        kernel(*args)
-    except Exception as error:
-        gluon_ss2d.give_up(error)
-        return False
-    return True
+    return gluon_ss2d.launched(gluon_ss2d.backward, x, proj, params, dy, checkpoints, dx, dproj,
+                               grads, sizes, _BWD_BLOCK_D, _CHECKPOINT)
 
 
 def selective_scan_2d(x, proj, dt_weight, dt_bias, A, D):
