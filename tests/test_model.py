@@ -312,3 +312,55 @@ def test_layer_norm_trains_as_pytorch(device, autocast, gated):
         assert (got - expected).norm() / expected.norm() <= tolerance
     if gated:
         assert results[1][4][..., :96].abs().max() == 0  # nothing flows into in_proj's x half
+
+
+@pytest.mark.parametrize("device", ["cpu", _on_gpu("cuda")])
+def test_linear_float32_keeps_the_products_float32_accumulator(device):
+    """Under bf16 autocast on the GPU, SS2D's x_proj gives the float32 accumulator of the bf16
+    product, which F.linear would round to bf16 (and the scan widen again); elsewhere, and
+    with gradients, it is F.linear as it is."""
+    from napari_vmunet.model.fused_linear import linear_float32
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 12, 192, device=device).bfloat16()
+    weight = torch.randn(152, 192, device=device) * 0.1
+    exact = torch.nn.functional.linear(x.float(), weight.bfloat16().float())
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+        got = linear_float32(x, weight)
+        rounded = torch.nn.functional.linear(x, weight)
+    if device == "cuda":
+        assert got.dtype == torch.float32 and got.shape == rounded.shape
+        # the same products, summed in float32: only the order of the additions differs
+        assert (got - exact).norm() / exact.norm() <= 1e-6
+        assert (got.bfloat16() != rounded).float().mean() < 0.05
+    else:
+        assert torch.equal(got, rounded)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        trained = linear_float32(x, weight.requires_grad_())
+    assert trained.dtype == torch.bfloat16 and trained.requires_grad
+
+
+@pytest.mark.parametrize("device", ["cpu", _on_gpu("cuda")])
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_layer_norm_linear_is_the_head_on_the_norm(device, autocast, outputs):
+    """The final expansion's norm with the segmentation head (a 1x1 convolution) on it, one
+    kernel in GPU inference: F.linear(norm(x)) in the dtype F.linear gives, for 24 channels
+    (config B's last width / 4) and rows that are not a multiple of the kernel's tile."""
+    from napari_vmunet.model.fused_norm import layer_norm_linear
+
+    torch.manual_seed(outputs)
+    norm = torch.nn.LayerNorm(24).to(device)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    head = torch.nn.Conv2d(24, outputs, 1).to(device)
+    x = torch.randn(2, 7, 5, 16, 24, device=device) * 3 + 1
+    with torch.no_grad():
+        expected = torch.nn.functional.linear(norm(x), head.weight.flatten(1), head.bias)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            got = layer_norm_linear(x, norm, head.weight.flatten(1), head.bias)
+    assert got.shape == (2, 7, 5, 16, outputs)
+    assert got.dtype == (torch.bfloat16 if autocast else torch.float32)
+    tolerance = 1e-2 if autocast else 1e-6
+    assert (got.float() - expected).norm() / expected.norm() <= tolerance
+

@@ -327,6 +327,35 @@ def test_triton_fused_ss2d_matches_the_composed_scan(batch, height, width, chann
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("batch, height, width, channels, rank, n_state", [
+    (2, 16, 24, 96, 12, 16),     # L scanned in segments, two passes
+    (48, 16, 16, 128, 24, 16),   # one pass over L
+    (3, 5, 9, 20, 3, 8),         # odd sizes
+])
+def test_triton_forward_with_the_dt_product_matches_the_composed_scan(
+        batch, height, width, channels, rank, n_state, autocast, monkeypatch):
+    """The Triton forward reading dt_weight @ dt_low from one matrix product made before it
+    (inference at config B's stages 1-3), forced onto every shape: against the composed scan
+    in float64; under bf16 autocast the product is bf16, as the authors' einsum."""
+    from napari_vmunet.scan import triton_ss2d
+
+    if scan.unavailable_reason("triton", "cuda"):
+        pytest.skip(scan.unavailable_reason("triton", "cuda"))
+    monkeypatch.setattr(triton_ss2d, "_takes_dt_product",
+                        lambda rank, n_segments, checkpoint_every, device: not checkpoint_every)
+    products = []
+    product = triton_ss2d._dt_product
+    monkeypatch.setattr(triton_ss2d, "_dt_product",
+                        lambda *a: products.append(out := product(*a)) or out)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        got, expected = _fused_scan_and_reference(batch, height, width, channels, rank,
+                                                  n_state, torch.float32, seed=rank)
+    assert products and products[0].dtype == (torch.bfloat16 if autocast else torch.float32)
+    assert relative_error(got.cpu(), expected) <= (1e-2 if autocast else 1e-5)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("batch, height, width, channels, rank, n_state", [
     (48, 16, 16, 128, 8, 16),  # 8 intervals of 32 steps, 4 blocks of 32 channels

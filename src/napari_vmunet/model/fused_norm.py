@@ -31,9 +31,11 @@ except Exception:  # no triton: the PyTorch path below
 if triton is not None:
 
     @triton.jit
-    def _layer_norm_rows(x_ptr, gate_ptr, w_ptr, b_ptr, out_ptr, rows, channels, gate_stride,
-                         eps, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-                         HAS_GATE: tl.constexpr):
+    def _layer_norm_rows(x_ptr, gate_ptr, w_ptr, b_ptr, out_ptr, head_w_ptr, head_b_ptr, rows,
+                         channels, gate_stride, eps, BLOCK_R: tl.constexpr,
+                         BLOCK_C: tl.constexpr, HAS_GATE: tl.constexpr, HEAD: tl.constexpr = 0):
+        """norm(x) (times silu(gate) when HAS_GATE) for BLOCK_R rows; with HEAD > 0 outputs,
+        the linear layer at head_w_ptr / head_b_ptr (HEAD, channels) applied to it instead."""
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         c = tl.arange(0, BLOCK_C)
         mask = (r < rows)[:, None] & (c < channels)[None, :]
@@ -49,8 +51,16 @@ if triton is not None:
             z = tl.load(gate_ptr + r64 * gate_stride + c[None, :], mask=mask,
                         other=0.0).to(tl.float32)
             y = y * z * tl.sigmoid(z)
-        tl.store(out_ptr + r64 * channels + c[None, :], y.to(out_ptr.dtype.element_ty),
-                 mask=mask)
+        if HEAD > 0:
+            for j in tl.static_range(HEAD):
+                head_w = tl.load(head_w_ptr + j * channels + c, mask=c < channels,
+                                 other=0.0).to(tl.float32)
+                head = tl.sum(y * head_w[None, :], axis=1) + tl.load(head_b_ptr + j)
+                tl.store(out_ptr + r.to(tl.int64) * HEAD + j, head.to(out_ptr.dtype.element_ty),
+                         mask=r < rows)
+        else:
+            tl.store(out_ptr + r64 * channels + c[None, :], y.to(out_ptr.dtype.element_ty),
+                     mask=mask)
 
     @triton.jit
     def _layer_norm_bwd(x_ptr, gate_ptr, w_ptr, b_ptr, grad_ptr, dx_ptr, dgate_ptr, dw_ptr,
@@ -139,15 +149,19 @@ def _rows(x: torch.Tensor, gate: torch.Tensor | None):
     return rows_in, gate_rows, block_c, max(1, min(64, 4096 // block_c))
 
 
-def _launch(x, weight, bias, eps, gate, out_dtype):
-    """The forward kernel over x's rows (times silu(gate) when given)."""
+def _launch(x, weight, bias, eps, gate, out_dtype, head=None):
+    """The forward kernel over x's rows (times silu(gate) when given; through the linear
+    layer ``head`` = (weight, bias) when given)."""
     channels = x.shape[-1]
     rows_in, gate_rows, block_c, block_r = _rows(x, gate)
-    out = torch.empty(x.shape, device=x.device, dtype=out_dtype)
+    head_w, head_b = head if head is not None else (weight, bias)  # (placeholders: unread)
+    outputs = head_w.shape[0] if head is not None else 0
+    out = torch.empty(*x.shape[:-1], outputs or channels, device=x.device, dtype=out_dtype)
     rows = rows_in.shape[0]
     _layer_norm_rows[(triton.cdiv(rows, block_r),)](
-        rows_in, gate_rows, weight, bias, out, rows, channels, gate_rows.stride(0), eps,
-        BLOCK_R=block_r, BLOCK_C=block_c, HAS_GATE=gate is not None, num_warps=4,
+        rows_in, gate_rows, weight, bias, out, head_w.contiguous(), head_b, rows, channels,
+        gate_rows.stride(0), eps, BLOCK_R=block_r, BLOCK_C=block_c, HAS_GATE=gate is not None,
+        HEAD=outputs, num_warps=4,
     )
     return out
 
@@ -234,3 +248,24 @@ def layer_norm(x: torch.Tensor, norm: nn.LayerNorm, gate: torch.Tensor | None = 
         y = norm(x)
         return y * F.silu(gate) if gate is not None else y
     return _launch(x, norm.weight, norm.bias, norm.eps, gate, _out_dtype(x, feeds_matmul))
+
+
+# Outputs up to which layer_norm_linear adds the linear layer to the norm's kernel (each one is
+# a sum over the channels a row; a segmentation head has a few)
+_MAX_HEAD_OUTPUTS = 16
+
+
+def layer_norm_linear(x: torch.Tensor, norm: nn.LayerNorm, weight: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(norm(x), weight, bias)``, for a linear layer of few outputs.
+
+    In GPU inference this is one kernel that never writes the normalized x: for VM-UNet's
+    segmentation head that is the full-resolution map of d/4 channels (~100 MB at 256² batch
+    32 in bf16), written and read back for a 1-output product. Elsewhere, or for more outputs,
+    it is :func:`layer_norm` and ``F.linear``.
+    """
+    if (bias is None or weight.shape[0] > _MAX_HEAD_OUTPUTS or not _fused_applies(x, norm)
+            or (torch.is_grad_enabled() and (weight.requires_grad or bias.requires_grad))):
+        return F.linear(layer_norm(x, norm, feeds_matmul=True), weight, bias)
+    return _launch(x, norm.weight, norm.bias, norm.eps, None, _out_dtype(x, True),
+                   head=(weight, bias))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -22,7 +21,8 @@ from ..scan import resolve_backend, selective_scan_2d
 from ..scan.ss2d import N_DIRECTIONS
 from .config import EXPAND, PATCH_SIZE, VMUNetConfig, dt_rank
 from .fused_conv import conv_silu
-from .fused_norm import layer_norm
+from .fused_linear import linear_float32
+from .fused_norm import layer_norm, layer_norm_linear
 
 
 class DropPath(nn.Module):
@@ -92,7 +92,9 @@ class FinalPatchExpand2D(nn.Module):
     ``forward`` leaves each input pixel's 16 output pixels where the linear layer wrote them,
     (B, h, w, 16, d/4), normalized: the 1x1 output convolution can run on them there, and only
     its few channels are moved into place (VSSM.forward_final). Moving the d/4-channel
-    full-resolution map instead cost two copies of the largest tensor in the network.
+    full-resolution map instead cost two copies of the largest tensor in the network. Given
+    that convolution as ``head`` (a linear layer's weight and bias), ``forward`` applies it too,
+    in the norm's kernel on the GPU, and returns (B, h, w, 16, classes).
     """
 
     def __init__(self, dim: int, scale: int = PATCH_SIZE):
@@ -101,9 +103,11 @@ class FinalPatchExpand2D(nn.Module):
         self.expand = nn.Linear(dim, scale * dim, bias=False)
         self.norm = nn.LayerNorm(dim // scale)
 
-    def forward(self, x):
+    def forward(self, x, head: tuple[torch.Tensor, torch.Tensor | None] | None = None):
         x = self.expand(x).unflatten(-1, (self.scale * self.scale, -1))
-        return layer_norm(x, self.norm, feeds_matmul=True)  # into the 1x1 convolution
+        if head is None:
+            return layer_norm(x, self.norm, feeds_matmul=True)  # into the 1x1 convolution
+        return layer_norm_linear(x, self.norm, *head)
 
 
 class SS2D(nn.Module):
@@ -156,7 +160,8 @@ class SS2D(nn.Module):
         x, x_for_proj = conv_silu(x, self.conv2d)
         k, d = N_DIRECTIONS, self.d_inner
         # x_proj for every pixel once; each direction then reads its pixels in its own order
-        proj = F.linear(x_for_proj, self.x_proj_weight.reshape(-1, d)).unflatten(-1, (k, -1))
+        # (float32 for the scan on the GPU, straight from the product: see fused_linear)
+        proj = linear_float32(x_for_proj, self.x_proj_weight.reshape(-1, d)).unflatten(-1, (k, -1))
         y = selective_scan_2d(
             x, proj, self.dt_projs_weight, self.dt_projs_bias.view(k, d),
             -torch.exp(self.A_logs.float()).view(k, d, -1), self.Ds.view(k, d),
@@ -272,11 +277,11 @@ class VSSM(nn.Module):
         return x
 
     def forward_final(self, x):
-        """Logits (B, classes, H, W): the final expansion, the 1x1 convolution on each output
-        pixel where the expansion left it (a linear layer), then the pixels put in place."""
-        x = self.final_up(x)  # (B, h, w, 16, channels)
+        """Logits (B, classes, H, W): the final expansion with the 1x1 convolution on each
+        output pixel where the expansion left it (a linear layer), then the pixels put in
+        place."""
         conv = self.final_conv
-        logits = F.linear(x, conv.weight.flatten(1), conv.bias).flatten(3)
+        logits = self.final_up(x, (conv.weight.flatten(1), conv.bias)).flatten(3)
         return _pixels_from_channels(logits, self.final_up.scale).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, x):

@@ -110,23 +110,29 @@ if triton is not None:
     @triton.jit
     def _step_inputs(step, pixel, stop, x_base, proj_base, channels, d_mask, r, n,
                      R: tl.constexpr, N: tl.constexpr, PASS: tl.constexpr,
-                     MASKED: tl.constexpr = True):
+                     MASKED: tl.constexpr = True, DT_GIVEN: tl.constexpr = False, dt_base=None):
         """What step ``step`` reads at its ``pixel``: x, and the low-rank dt, B and C of this
         direction (zeros outside 0 <= step < stop; unless not MASKED: the caller knows the step
-        is inside)."""
+        is inside). With DT_GIVEN, the channels' dt before its bias (a row at ``dt_base``) in
+        place of the low-rank dt."""
         valid = (step >= 0) & (step < stop) if MASKED else True
         xv = tl.load(x_base + pixel * channels, mask=d_mask & valid, other=0.0).to(tl.float32)
         p = proj_base + pixel * (4 * (R + 2 * N))
-        dt_low = tl.load(p + r, mask=(r < R) & valid, other=0.0).to(tl.float32)
+        if DT_GIVEN:
+            dt_low = tl.load(dt_base + pixel * channels, mask=d_mask & valid,
+                             other=0.0).to(tl.float32)
+        else:
+            dt_low = tl.load(p + r, mask=(r < R) & valid, other=0.0).to(tl.float32)
         Bv = tl.load(p + R + n, mask=(n < N) & valid, other=0.0).to(tl.float32)
         Cv = tl.load(p + R + N + n, mask=(n < N) & valid & (PASS != 1), other=0.0).to(tl.float32)
         return valid, pixel, xv, dt_low, Bv, Cv
 
     @triton.jit
-    def _dt(valid, dt_low, dt_w, bias):
-        """Each channel's dt = softplus(dt_weight @ dt_low + bias) at a step, and the argument
-        of the softplus; dt is 0 past the end (decay 1, input 0: the state carries)."""
-        raw = tl.sum(dt_w * dt_low[:, None], axis=0) + bias
+    def _dt(valid, dt_low, dt_w, bias, DT_GIVEN: tl.constexpr = False):
+        """Each channel's dt = softplus(dt_weight @ dt_low + bias) at a step (with DT_GIVEN,
+        dt_low is the product already), and the argument of the softplus; dt is 0 past the end
+        (decay 1, input 0: the state carries)."""
+        raw = (dt_low if DT_GIVEN else tl.sum(dt_w * dt_low[:, None], axis=0)) + bias
         return raw, tl.where(valid, _softplus(raw), 0.0)
 
     @triton.jit
@@ -136,9 +142,9 @@ if triton is not None:
 
     @triton.jit
     def _advance(h, dt_total, valid, pixel, xv, dt_low, Bv, Cv, dt_w, bias, A2, Dv, y_base,
-                 channels, d_mask, PASS: tl.constexpr):
+                 channels, d_mask, PASS: tl.constexpr, DT_GIVEN: tl.constexpr):
         """One step of the recurrence; adds its output to the pixel (except in pass 1)."""
-        dt = _dt(valid, dt_low, dt_w, bias)[1]
+        dt = _dt(valid, dt_low, dt_w, bias, DT_GIVEN)[1]
         h = _next_state(h, dt, xv, Bv, A2)
         if PASS == 1:
             dt_total += dt
@@ -163,7 +169,7 @@ if triton is not None:
                 for bd, w in [(16, 1), (32, 1), (64, 2), (64, 1), (128, 4), (128, 2)]]
 
     @triton.autotune(configs=_CONFIGS, reset_to_zero=["y_ptr"],
-                     key=["channels", "length", "n_segments", "PASS", "CHECKPOINT"])
+                     key=["channels", "length", "n_segments", "PASS", "CHECKPOINT", "DT_GIVEN"])
     # How deep the loop is pipelined: 3 for long walks (stage 0 of a 256² image 15 % faster),
     # not at all below 1024 steps a program, where filling the pipeline costs more than it
     # hides (stage 2: 0.43 ms unpipelined, 0.50 pipelined; benchmarks/RESULTS.md). A rule
@@ -177,11 +183,12 @@ if triton is not None:
     @triton.jit(do_not_specialize=["channels"])
     def _ss2d_fwd(
         x_ptr, proj_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, y_ptr, seg_state_ptr, seg_dt_ptr,
-        checkpoint_ptr, height, width, channels, length, segment_length, n_segments,
+        checkpoint_ptr, dt_ptr, height, width, channels, length, segment_length, n_segments,
         R: tl.constexpr, RP: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr,
         PASS: tl.constexpr,  # 0: whole L, 1: segment end states, 2: segments from those
         STAGES: tl.constexpr,
         CHECKPOINT: tl.constexpr = 0,  # > 0 (PASS 0 only): keep the state every this many steps
+        DT_GIVEN: tl.constexpr = False,  # dt_weight @ dt_low made beforehand: (4, B, L, D)
     ):
         n_blocks = tl.cdiv(channels, BLOCK_D)
         direction = tl.program_id(0) // n_blocks
@@ -209,6 +216,7 @@ if triton is not None:
         x_base = x_ptr + b * length * channels + d
         y_base = y_ptr + b * length * channels + d
         proj_base = proj_ptr + (b * length * 4 + direction) * (R + 2 * N)
+        dt_base = dt_ptr + (direction * tl.num_programs(2) + b) * length * channels + d
         start = segment * segment_length
         stop = tl.minimum(start + segment_length, length)
         # Four steps per iteration, their loads issued together before any is used: a step's
@@ -226,28 +234,28 @@ if triton is not None:
         fours_stop = start + (stop - start) // 4 * 4
         for step in tl.range(start, fours_stop, 4, num_stages=STAGES):
             _keep_checkpoint(h, step, checkpoints, channels, d_mask, N, CHECKPOINT)
-            i0 = _step_inputs(step, pixel, *at, R, N, PASS, False)
+            i0 = _step_inputs(step, pixel, *at, R, N, PASS, False, DT_GIVEN, dt_base)
             pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
-            i1 = _step_inputs(step + 1, pixel, *at, R, N, PASS, False)
+            i1 = _step_inputs(step + 1, pixel, *at, R, N, PASS, False, DT_GIVEN, dt_base)
             pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
-            i2 = _step_inputs(step + 2, pixel, *at, R, N, PASS, False)
+            i2 = _step_inputs(step + 2, pixel, *at, R, N, PASS, False, DT_GIVEN, dt_base)
             pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
-            i3 = _step_inputs(step + 3, pixel, *at, R, N, PASS, False)
+            i3 = _step_inputs(step + 3, pixel, *at, R, N, PASS, False, DT_GIVEN, dt_base)
             pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
             h, dt_total = _advance(h, dt_total, *i0, dt_w, bias, A2, Dv, y_base, channels, d_mask,
-                                   PASS)
+                                   PASS, DT_GIVEN)
             h, dt_total = _advance(h, dt_total, *i1, dt_w, bias, A2, Dv, y_base, channels, d_mask,
-                                   PASS)
+                                   PASS, DT_GIVEN)
             h, dt_total = _advance(h, dt_total, *i2, dt_w, bias, A2, Dv, y_base, channels, d_mask,
-                                   PASS)
+                                   PASS, DT_GIVEN)
             h, dt_total = _advance(h, dt_total, *i3, dt_w, bias, A2, Dv, y_base, channels, d_mask,
-                                   PASS)
+                                   PASS, DT_GIVEN)
         for step in range(fours_stop, stop):
             _keep_checkpoint(h, step, checkpoints, channels, d_mask, N, CHECKPOINT)
-            i0 = _step_inputs(step, pixel, *at, R, N, PASS, False)
+            i0 = _step_inputs(step, pixel, *at, R, N, PASS, False, DT_GIVEN, dt_base)
             pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
             h, dt_total = _advance(h, dt_total, *i0, dt_w, bias, A2, Dv, y_base, channels, d_mask,
-                                   PASS)
+                                   PASS, DT_GIVEN)
         if PASS == 1:
             tl.store(seg_dt_ptr + (seg + segment) * channels + d, dt_total, mask=d_mask)
             tl.store(seg_state_ptr + ((seg + segment) * N + n[:, None]) * channels + d[None, :],
@@ -437,8 +445,12 @@ def _forward(x, proj, params, checkpoint_every=0):
     if n_segments == 1 and _gluon_forward(x, proj, params, y, checkpoints, meta,
                                           checkpoint_every):
         return y, checkpoints
-    args = (x, proj, *params, y, seg_state, seg_dt, checkpoints, height, width, channels,
+    dt = y  # (a placeholder the kernel never reads without DT_GIVEN)
+    if _takes_dt_product(meta["R"], n_segments, checkpoint_every, x.device):
+        dt = _dt_product(proj, params[0])
+    args = (x, proj, *params, y, seg_state, seg_dt, checkpoints, dt, height, width, channels,
             length, segment_length, n_segments)
+    meta["DT_GIVEN"] = dt is not y
 
     def grid(m):
         return (N_DIRECTIONS * triton.cdiv(channels, m["BLOCK_D"]), n_segments, batch)
@@ -448,6 +460,38 @@ def _forward(x, proj, params, checkpoint_every=0):
     _ss2d_fwd[grid](*args, PASS=2 if n_segments > 1 else 0, CHECKPOINT=checkpoint_every,
                     **meta)
     return y, checkpoints
+
+
+# Where inference makes dt_weight @ dt_low for every pixel with one matrix product before the
+# scan, instead of in the scan's registers (R values a step, four steps in flight: at R = 48
+# the kernel spills). The product's (4, B, L, D) result costs bandwidth, so it pays (H100,
+# config B at 256², benchmarks/RESULTS.md): where L is cut into segments, whose two passes
+# both make dt (batch 1: stages 1-3 1.07x, 1.06x, 1.37x faster), from rank 12; otherwise in
+# 16-bit under autocast from rank 24 (batch 32, bf16: stage 2 1.08x, stage 3 1.29x; stage 1,
+# rank 12, 0.86x), and never in float32 (stage 2 0.89x, stage 3 1.01x).
+_DT_PRODUCT_MIN_RANK = 12
+_DT_PRODUCT_MIN_RANK_WHOLE = 24
+
+
+def _takes_dt_product(rank: int, n_segments: int, checkpoint_every: int, device) -> bool:
+    """Whether the Triton forward reads dt_weight @ dt_low from :func:`_dt_product` (inference
+    only: the backward makes its own dt from the low-rank projection)."""
+    if checkpoint_every or rank < _DT_PRODUCT_MIN_RANK:
+        return False
+    if n_segments > 1:
+        return True
+    return (rank >= _DT_PRODUCT_MIN_RANK_WHOLE and torch.is_autocast_enabled(device.type)
+            and torch.get_autocast_dtype(device.type).itemsize == 2)
+
+
+def _dt_product(proj, dt_weight_t):
+    """dt_weight @ dt_low of every pixel and direction, (4, B, L, D): one batched product over
+    the directions (in the autocast dtype under autocast, as the authors' einsum; float32
+    without). ``dt_weight_t`` is (4, R, D) as :func:`_kernel_params` gives it."""
+    batch, height, width, directions, _ = proj.shape
+    rank = dt_weight_t.shape[1]
+    low = proj.view(-1, directions, proj.shape[-1])[..., :rank].transpose(0, 1)
+    return torch.bmm(low, dt_weight_t).view(directions, batch, height, width, -1)
 
 
 # Steps between the states the forward pass keeps for the backward (a multiple of 4, the
