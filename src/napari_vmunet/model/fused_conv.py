@@ -30,6 +30,13 @@ except Exception:  # no triton: the PyTorch path below
 
 if triton is not None:
 
+    # Tiles (pixels x channels, warps) tuned per activation shape: each was the fastest at one
+    # of config B's stages on an H100 (256² batch 32, benchmarks/RESULTS.md), where one tile
+    # for all (16 x 64, two warps) was up to 1.25x slower at the deeper stages.
+    _CONFIGS = [triton.Config({"BLOCK_W": w, "BLOCK_C": c}, num_warps=warps)
+                for w, c, warps in [(16, 64, 2), (16, 32, 1), (8, 128, 4), (8, 32, 4)]]
+
+    @triton.autotune(configs=_CONFIGS, key=["width", "channels"])
     @triton.jit
     def _conv3x3_silu(x_ptr, w_ptr, b_ptr, out_ptr, low_ptr, height, width, channels,
                       stride_b, stride_h, stride_w, BLOCK_W: tl.constexpr,
@@ -76,15 +83,14 @@ def _fused_applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
 def _launch(x, weight, bias, out, low=None):
     """The kernel: silu(conv(x)) into ``out`` (and ``low``, when given), each in its dtype."""
     batch, height, width, channels = x.shape
-    # 16 pixels x 64 channels, two warps: the fastest or within 10 % of it at every stage of a
-    # 256² image and at 512² (H100, benchmarks/RESULTS.md); 2.6x PyTorch's four passes at stage 0
-    block_c = min(64, triton.next_power_of_2(channels))
-    block_w = min(16, triton.next_power_of_2(width))
-    grid = (batch * height, triton.cdiv(width, block_w), triton.cdiv(channels, block_c))
+
+    def grid(meta):
+        return (batch * height, triton.cdiv(width, meta["BLOCK_W"]),
+                triton.cdiv(channels, meta["BLOCK_C"]))
+
     _conv3x3_silu[grid](
         x, weight, bias, out, out if low is None else low, height, width, channels,
-        x.stride(0), x.stride(1), x.stride(2), BLOCK_W=block_w, BLOCK_C=block_c,
-        HAS_LOW=low is not None, num_warps=2,
+        x.stride(0), x.stride(1), x.stride(2), HAS_LOW=low is not None,
     )
 
 

@@ -21,7 +21,7 @@ from ..scan import resolve_backend, selective_scan_2d
 from ..scan.ss2d import N_DIRECTIONS
 from .config import EXPAND, PATCH_SIZE, VMUNetConfig, dt_rank
 from .fused_conv import conv_silu
-from .fused_linear import linear_float32
+from .fused_linear import linear_float32, linear_residual
 from .fused_norm import layer_norm, layer_norm_linear
 
 
@@ -153,7 +153,9 @@ class SS2D(nn.Module):
         self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)))
         self.Ds.fill_(1.0)
 
-    def forward(self, x):
+    def forward(self, x, residual=None, overwrite_residual=False):
+        """SS2D(x); with ``residual``, residual + SS2D(x), written over the residual where
+        ``overwrite_residual`` allows (see :func:`.fused_linear.linear_residual`)."""
         x, z = self.in_proj(x).chunk(2, dim=-1)
         # (B, H, W, d_inner): for the scan, and (on the fused GPU path, under autocast) in the
         # autocast dtype for x_proj
@@ -168,7 +170,10 @@ class SS2D(nn.Module):
             backend=self.scan_backend,
         )  # (B, H, W, d_inner) float32
         # out_norm(y) * silu(z), then out_proj
-        return self.out_proj(layer_norm(y, self.out_norm, gate=z, feeds_matmul=True))
+        gated = layer_norm(y, self.out_norm, gate=z, feeds_matmul=True)
+        if residual is None:
+            return self.out_proj(gated)
+        return linear_residual(gated, self.out_proj.weight, residual, overwrite_residual)
 
 
 class VSSBlock(nn.Module):
@@ -180,17 +185,25 @@ class VSSBlock(nn.Module):
         self.self_attention = SS2D(hidden_dim, d_state=d_state)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x):
+    def forward(self, x, overwrite_input: bool = False):
+        """x + SS2D(ln_1(x)); ``overwrite_input``: x is the caller's to lose (no other
+        reference), so GPU inference may write the sum over it."""
         attention_input = layer_norm(x, self.ln_1, feeds_matmul=True)  # into in_proj
-        return x + self.drop_path(self.self_attention(attention_input))
+        if self.training and self.drop_path.drop_prob:
+            return x + self.drop_path(self.self_attention(attention_input))
+        return self.self_attention(attention_input, residual=x, overwrite_residual=overwrite_input)
 
 
-def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpoint: bool) -> torch.Tensor:
-    for block in blocks:
+def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, use_checkpoint: bool,
+                owns_input: bool) -> torch.Tensor:
+    """The blocks in turn; ``owns_input``: no one else holds x (in the encoder a stage's input
+    is also its skip connection), so the first block may overwrite it, as the others may
+    overwrite what the block before them returned."""
+    for i, block in enumerate(blocks):
         if use_checkpoint and x.requires_grad:
             x = checkpoint(block, x, use_reentrant=False)
         else:
-            x = block(x)
+            x = block(x, overwrite_input=owns_input or i > 0)
     return x
 
 
@@ -204,7 +217,7 @@ class VSSLayer(nn.Module):
         self.downsample = PatchMerging2D(dim) if downsample else None
 
     def forward(self, x):
-        x = _run_blocks(self.blocks, x, self.use_checkpoint)
+        x = _run_blocks(self.blocks, x, self.use_checkpoint, owns_input=False)  # (a skip)
         return self.downsample(x) if self.downsample is not None else x
 
 
@@ -220,7 +233,7 @@ class VSSLayerUp(nn.Module):
     def forward(self, x):
         if self.upsample is not None:
             x = self.upsample(x)
-        return _run_blocks(self.blocks, x, self.use_checkpoint)
+        return _run_blocks(self.blocks, x, self.use_checkpoint, owns_input=True)
 
 
 class VSSM(nn.Module):
