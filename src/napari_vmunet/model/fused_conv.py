@@ -30,9 +30,9 @@ except Exception:  # no triton: the PyTorch path below
 
 if triton is not None:
 
-    # Tiles (pixels x channels, warps) tuned per activation shape: each was the fastest at one
-    # of config B's stages on an H100 (256² batch 32, benchmarks/RESULTS.md), where one tile
-    # for all (16 x 64, two warps) was up to 1.25x slower at the deeper stages.
+    # Tiles (pixels x channels, warps) tuned per activation shape, among four that were each
+    # the fastest at one of config B's stages: 73 us off a 256² batch-32 bf16 forward pass on
+    # an H100 against one tile for all (16 x 64, two warps; benchmarks/RESULTS.md).
     _CONFIGS = [triton.Config({"BLOCK_W": w, "BLOCK_C": c}, num_warps=warps)
                 for w, c, warps in [(16, 64, 2), (16, 32, 1), (8, 128, 4), (8, 32, 4)]]
 

@@ -10,7 +10,9 @@ one kernel that reads the image where it lies:
   activation is channels-last (B, H, W, D), so a pixel's channels are one contiguous read in
   every direction; each thread holds one channel with all its states;
 - dt = softplus(dt_weight @ dt_low + bias) is made in registers from the R-wide low-rank
-  projection (R = 6 for the smallest stage): the (B, 4, D, L) dt tensor never exists;
+  projection (R = 6 for the smallest stage): the (B, 4, D, L) dt tensor does not exist, except
+  in inference where R is large enough for the kernel to read dt_weight @ dt_low made by one
+  matrix product instead (:func:`_takes_dt_product`);
 - the state is float32 in registers; x and the pixel projections are read from float32
   copies (4-byte values the pipelined loop can fetch asynchronously, steps ahead);
 - each direction adds its output into the row-major (B, H, W, D) float32 result with relaxed
