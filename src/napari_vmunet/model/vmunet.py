@@ -230,10 +230,13 @@ class VSSLayerUp(nn.Module):
         self.blocks = nn.ModuleList(VSSBlock(dim, drop_path[i], d_state) for i in range(depth))
         self.upsample = PatchExpand2D(dim) if upsample else None
 
-    def forward(self, x):
+    def forward(self, x, owns_input: bool = False):
+        """``owns_input``: no one else holds x, so GPU inference may overwrite it (an
+        upsampled x is this stage's own either way)."""
         if self.upsample is not None:
             x = self.upsample(x)
-        return _run_blocks(self.blocks, x, self.use_checkpoint, owns_input=True)
+            owns_input = True
+        return _run_blocks(self.blocks, x, self.use_checkpoint, owns_input)
 
 
 class VSSM(nn.Module):
@@ -286,7 +289,7 @@ class VSSM(nn.Module):
     def forward_features_up(self, x, skips):
         """Decoder; skip connections are added (not concatenated) before upsampling."""
         for i, layer_up in enumerate(self.layers_up):
-            x = layer_up(x if i == 0 else x + skips[-i])
+            x = layer_up(x if i == 0 else x + skips[-i], owns_input=True)  # (ours alone)
         return x
 
     def forward_final(self, x):
