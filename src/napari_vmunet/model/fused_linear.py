@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 _mm_to = getattr(torch.ops.aten.mm, "dtype", None)  # PyTorch >= 2.8
-_addmm_to = getattr(torch.ops.aten.addmm, "dtype_out", None)
+_addmm_into = getattr(torch.ops.aten.addmm, "dtype_out", None)
 
 
 def _low_precision(x: torch.Tensor, *params: torch.Tensor) -> torch.dtype | None:
@@ -61,7 +61,7 @@ def linear_residual(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tenso
     w = weight.to(dtype).t()
     with torch.autocast("cuda", enabled=False):  # (the dtypes are set here)
         if residual.dtype == torch.float32:
-            _addmm_to(base, rows, w, torch.float32, out=base)
+            _addmm_into(base, rows, w, torch.float32, out=base)
         else:
             base.addmm_(rows, w)
     return residual

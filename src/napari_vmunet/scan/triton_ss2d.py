@@ -420,50 +420,6 @@ def _sizes(params):
     return dict(R=rank, RP=triton.next_power_of_2(rank), N=n_state)
 
 
-def _forward(x, proj, params, checkpoint_every=0):
-    """The fused scan (``params`` from _kernel_params); with ``checkpoint_every`` also the
-    states every that many steps (B * 4, L / checkpoint_every, N, D) for the backward pass
-    (then L is not cut in segments)."""
-    batch, height, width, channels = x.shape
-    n_state = params[2].shape[1]
-    length = height * width
-    # x, B, C and the low-rank dt are read in float32: in bf16 every step would unpack 39 values
-    # (a quarter of the kernel's instructions), and a thread's 2-byte x is too small for the
-    # asynchronous copies of the pipelined loop; one cheap pass over each here
-    x, proj = x.float(), proj.float()
-    y = torch.zeros(batch, height, width, channels, device=x.device, dtype=torch.float32)
-    n_segments = 1 if checkpoint_every else _segments(batch, channels, length)
-    segment_length = -(-length // n_segments)
-    n_segments = -(-length // segment_length)
-    seg_state = seg_dt = checkpoints = y
-    if n_segments > 1:
-        runs = batch * N_DIRECTIONS * n_segments
-        seg_state = torch.empty(runs, n_state, channels, device=x.device, dtype=torch.float32)
-        seg_dt = torch.empty(runs, channels, device=x.device, dtype=torch.float32)
-    if checkpoint_every:
-        checkpoints = torch.empty(batch * N_DIRECTIONS, -(-length // checkpoint_every), n_state,
-                                  channels, device=x.device, dtype=torch.float32)
-    meta = _sizes(params)
-    if n_segments == 1 and _gluon_forward(x, proj, params, y, checkpoints, meta,
-                                          checkpoint_every):
-        return y, checkpoints
-    dt = y  # (a placeholder the kernel never reads without DT_GIVEN)
-    if _takes_dt_product(meta["R"], n_segments, checkpoint_every, x.device):
-        dt = _dt_product(proj, params[0])
-    args = (x, proj, *params, y, seg_state, seg_dt, checkpoints, dt, height, width, channels,
-            length, segment_length, n_segments)
-    meta["DT_GIVEN"] = dt is not y
-
-    def grid(m):
-        return (N_DIRECTIONS * triton.cdiv(channels, m["BLOCK_D"]), n_segments, batch)
-
-    if n_segments > 1:
-        _ss2d_fwd[grid](*args, PASS=1, **meta)
-    _ss2d_fwd[grid](*args, PASS=2 if n_segments > 1 else 0, CHECKPOINT=checkpoint_every,
-                    **meta)
-    return y, checkpoints
-
-
 # Where inference makes dt_weight @ dt_low for every pixel with one matrix product before the
 # scan, instead of in the scan's registers (R values a step, four steps in flight: at R = 48
 # the kernel spills). The product's (4, B, L, D) result costs bandwidth, so it pays (H100,
@@ -494,6 +450,48 @@ def _dt_product(proj, dt_weight_t):
     rank = dt_weight_t.shape[1]
     low = proj.view(-1, directions, proj.shape[-1])[..., :rank].transpose(0, 1)
     return torch.bmm(low, dt_weight_t).view(directions, batch, height, width, -1)
+
+
+def _forward(x, proj, params, checkpoint_every=0):
+    """The fused scan (``params`` from _kernel_params); with ``checkpoint_every`` also the
+    states every that many steps (B * 4, L / checkpoint_every, N, D) for the backward pass
+    (then L is not cut in segments)."""
+    batch, height, width, channels = x.shape
+    n_state = params[2].shape[1]
+    length = height * width
+    # x, B, C and the low-rank dt are read in float32: in bf16 every step would unpack 39 values
+    # (a quarter of the kernel's instructions), and a thread's 2-byte x is too small for the
+    # asynchronous copies of the pipelined loop; one cheap pass over each here
+    x, proj = x.float(), proj.float()
+    y = torch.zeros(batch, height, width, channels, device=x.device, dtype=torch.float32)
+    n_segments = 1 if checkpoint_every else _segments(batch, channels, length)
+    segment_length = -(-length // n_segments)
+    n_segments = -(-length // segment_length)
+    seg_state = seg_dt = checkpoints = y
+    if n_segments > 1:
+        runs = batch * N_DIRECTIONS * n_segments
+        seg_state = torch.empty(runs, n_state, channels, device=x.device, dtype=torch.float32)
+        seg_dt = torch.empty(runs, channels, device=x.device, dtype=torch.float32)
+    if checkpoint_every:
+        checkpoints = torch.empty(batch * N_DIRECTIONS, -(-length // checkpoint_every), n_state,
+                                  channels, device=x.device, dtype=torch.float32)
+    meta = _sizes(params)
+    if n_segments == 1 and _gluon_forward(x, proj, params, y, checkpoints, meta,
+                                          checkpoint_every):
+        return y, checkpoints
+    meta["DT_GIVEN"] = _takes_dt_product(meta["R"], n_segments, checkpoint_every, x.device)
+    dt = _dt_product(proj, params[0]) if meta["DT_GIVEN"] else y  # (y: a placeholder, unread)
+    args = (x, proj, *params, y, seg_state, seg_dt, checkpoints, dt, height, width, channels,
+            length, segment_length, n_segments)
+
+    def grid(m):
+        return (N_DIRECTIONS * triton.cdiv(channels, m["BLOCK_D"]), n_segments, batch)
+
+    if n_segments > 1:
+        _ss2d_fwd[grid](*args, PASS=1, **meta)
+    _ss2d_fwd[grid](*args, PASS=2 if n_segments > 1 else 0, CHECKPOINT=checkpoint_every,
+                    **meta)
+    return y, checkpoints
 
 
 # Steps between the states the forward pass keeps for the backward (a multiple of 4, the
