@@ -205,21 +205,42 @@ def test_triton_takes_half_precision_inputs(dtype):
 
 
 @pytest.mark.gpu
-def test_triton_runs_the_model_and_is_chosen_first():
-    from napari_vmunet.model import VMUNet, VMUNetConfig
-
+def test_triton_is_chosen_first_on_cuda():
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
     assert scan.resolve_backend("cuda") == "triton"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "mamba"])
+def test_each_cuda_backend_runs_and_trains_the_model(backend):
+    """The whole model on a backend against the same model on the plain loop: its logits in
+    inference, and every parameter's gradient of a training loss (fine-tuning's path)."""
+    from napari_vmunet.model import VMUNet, VMUNetConfig
+
+    if scan.unavailable_reason(backend, "cuda"):
+        pytest.skip(scan.unavailable_reason(backend, "cuda"))
     torch.manual_seed(0)
-    model = VMUNet(VMUNetConfig(num_classes=1, dims=(16, 32, 64, 128))).cuda().eval()
-    x = torch.rand(2, 3, 96, 128, device="cuda")
-    with torch.no_grad():
-        model.set_scan_backend("triton")
-        ours = model.forward_logits(x)
-        model.set_scan_backend("reference")
-        reference_out = model.forward_logits(x)
-    assert relative_error(ours.cpu(), reference_out.cpu()) <= 1e-4
+    config = VMUNetConfig(num_classes=1, dims=(16, 32, 64, 128), drop_path_rate=0.0)
+    model = VMUNet(config).cuda()
+    x = torch.rand(2, 3, 64, 96, device="cuda")
+    target = (torch.rand(2, 1, 64, 96, device="cuda") > 0.5).float()
+
+    def logits_and_gradients(name):
+        model.set_scan_backend(name)
+        model.eval()
+        with torch.no_grad():
+            logits = model.forward_logits(x)
+        model.train()
+        model.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(model.forward_logits(x), target)
+        loss.backward()
+        return logits, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    logits, gradients = logits_and_gradients(backend)
+    expected_logits, expected_gradients = logits_and_gradients("reference")
+    assert relative_error(logits, expected_logits) <= 1e-4
+    assert relative_error(gradients, expected_gradients) <= 1e-4
 
 
 @pytest.mark.gpu
