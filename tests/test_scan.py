@@ -153,6 +153,32 @@ def test_a_registered_backend_joins_the_automatic_choice(monkeypatch):
     scan._load.cache_clear()
 
 
+@pytest.mark.parametrize("release_can", [True, False])
+def test_kernel_tuning_is_kept_on_disk_where_triton_can(monkeypatch, release_can):
+    """Our kernels' launch configurations are tuned once per machine and shape, not once per
+    session, with Triton releases that can keep them (3.3+); older ones get the same call
+    without the argument they would reject."""
+    import sys
+    import types
+
+    from napari_vmunet._triton import autotune
+
+    calls = []
+
+    def autotune_with_cache(configs, key, reset_to_zero=None, cache_results=False):
+        calls.append(dict(configs=configs, key=key, cache_results=cache_results))
+
+    def autotune_before_3_3(configs, key, reset_to_zero=None):
+        calls.append(dict(configs=configs, key=key))
+
+    fake = types.SimpleNamespace(
+        autotune=autotune_with_cache if release_can else autotune_before_3_3)
+    monkeypatch.setitem(sys.modules, "triton", fake)
+    autotune(configs=["a", "b"], key=["length"])
+    expected = dict(configs=["a", "b"], key=["length"])
+    assert calls == [{**expected, "cache_results": True} if release_can else expected]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["reference", "mamba", "triton"])
 @pytest.mark.parametrize("batch, channels, length, n_state, groups", [

@@ -50,6 +50,26 @@ def test_cancel_stops_and_keeps_a_consistent_layer(widget_and_viewer, qtbot):
     assert not labels[-1].any()  # the last slices were never segmented
 
 
+def test_the_status_says_while_the_gpu_kernels_are_prepared(widget_and_viewer):
+    """The first batch of a new size on a GPU waits for Triton to compile and tune its kernels
+    (86 s the first time on a machine): the status says so until that batch is done."""
+    from napari_vmunet.engine import SegmentationStarted, SlicesDone
+    from napari_vmunet.recipes import get_recipe
+
+    widget, viewer = widget_and_viewer
+    widget._source, widget._axis, widget._last_redraw = viewer.layers["t1-head"], 0, 0.0
+    running = "116 slices on cuda:0, batch 8, scan triton"
+    widget._on_event(SegmentationStarted(116, 8, "cuda:0", "triton", get_recipe("t1-brain")))
+    assert widget.status.value.startswith(running)
+    assert "preparing the GPU kernels for this size" in widget.status.value
+    first = np.ones((8, 150, 155), dtype=np.uint8)
+    widget._on_event(SlicesDone(0, 8, 116, first))
+    assert widget.status.value == running
+    assert viewer.layers["t1-head labels"].data[:8].all()
+    widget._on_event(SegmentationStarted(116, 8, "cpu", "cpu", get_recipe("t1-brain")))
+    assert widget.status.value == "116 slices on cpu, batch 8, scan cpu"
+
+
 def test_a_bad_checkpoint_shows_an_error_and_changes_nothing(widget_and_viewer, qtbot, tmp_path):
     widget, _ = widget_and_viewer
     model = widget.model

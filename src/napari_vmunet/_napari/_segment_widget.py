@@ -98,6 +98,7 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
+        self._status_after_first_batch: str | None = None  # while the GPU kernels are prepared
         self.extend([self.model_choice, self.model_card, self.image_choice, self.axis,
                      self.recipe_choice, self.window, self.device, self.batch, self.threshold,
                      self.probabilities, self.run_button, self.cancel_button, self.progress,
@@ -250,6 +251,7 @@ class SegmentWidget(Container):
     def cancel(self) -> None:
         if self.worker is not None:
             self.worker.quit()
+            self._status_after_first_batch = None
             self.status.value = "cancelling…"
 
     def _on_event(self, event) -> None:
@@ -266,11 +268,22 @@ class SegmentWidget(Container):
                 metadata={GEOMETRY_KEY: self._source.metadata.get(GEOMETRY_KEY)}
                 if isinstance(self._source.metadata.get(GEOMETRY_KEY), Geometry) else {},
             )
-            self.status.value = (f"{event.slices} slices on {event.device}, batch "
-                                 f"{event.batch_size}, scan {event.scan_backend}")
+            running = (f"{event.slices} slices on {event.device}, batch {event.batch_size}, "
+                       f"scan {event.scan_backend}")
+            # On a GPU a new image size compiles and tunes the Triton kernels before its first
+            # batch (86 s on an H100 the first time on a machine, 2 s later: RESULTS.md): say so
+            # rather than leave the bar at 0 without a word.
+            on_gpu = event.device.startswith("cuda")
+            self._status_after_first_batch = running if on_gpu else None
+            self.status.value = running + (" — preparing the GPU kernels for this size (up to "
+                                           "~1.5 min the first time on this machine)"
+                                           if on_gpu else "")
         elif isinstance(event, SlicesDone):
             self._write_chunk(event)
             self.progress.value = event.stop
+            if self._status_after_first_batch is not None:
+                self.status.value, self._status_after_first_batch = (
+                    self._status_after_first_batch, None)
         elif isinstance(event, Notice):
             show_info(f"VM-UNet: {event.message}")
         elif isinstance(event, SegmentationDone):

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .._triton import autotune
+
 try:
     import triton
     import triton.language as tl
@@ -36,7 +38,7 @@ if triton is not None:
     _CONFIGS = [triton.Config({"BLOCK_W": w, "BLOCK_C": c}, num_warps=warps)
                 for w, c, warps in [(16, 64, 2), (16, 32, 1), (8, 128, 4), (8, 32, 4)]]
 
-    @triton.autotune(configs=_CONFIGS, key=["width", "channels"])
+    @autotune(configs=_CONFIGS, key=["width", "channels"])
     @triton.jit
     def _conv3x3_silu(x_ptr, w_ptr, b_ptr, out_ptr, low_ptr, height, width, channels,
                       stride_b, stride_h, stride_w, BLOCK_W: tl.constexpr,

@@ -28,6 +28,8 @@ import os
 
 import torch
 
+from .._triton import autotune
+
 try:
     import triton
     import triton.language as tl
@@ -102,8 +104,8 @@ if triton is not None:
                           (32, 32, 8)]
     ]
 
-    @triton.autotune(configs=_CONFIGS, key=["channels", "length", "N", "IS_BF", "GROUP_SIZE"],
-                     reset_to_zero=[])
+    @autotune(configs=_CONFIGS, key=["channels", "length", "N", "IS_BF", "GROUP_SIZE"],
+              reset_to_zero=[])
     @triton.jit
     def _scan_fwd(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, state_ptr,
@@ -155,7 +157,7 @@ if triton is not None:
     # Inference: one position after another, the (channels, N) state in registers. No
     # log-depth scan tree, so about half the arithmetic of the chunked form; the loads of a
     # position do not depend on the state, so many warps in flight hide their latency.
-    @triton.autotune(
+    @autotune(
         configs=[triton.Config({"BLOCK_D": bd}, num_warps=w)
                  for bd, w in [(4, 1), (8, 1), (8, 2), (16, 2), (16, 4), (32, 4)]],
         key=["channels", "length", "N", "IS_BF", "GROUP_SIZE"])

@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._triton import autotune
 from .ss2d import N_DIRECTIONS
 
 try:
@@ -170,8 +171,8 @@ if triton is not None:
     _CONFIGS = [triton.Config({"BLOCK_D": bd}, num_warps=w)
                 for bd, w in [(16, 1), (32, 1), (64, 2), (64, 1), (128, 4), (128, 2)]]
 
-    @triton.autotune(configs=_CONFIGS, reset_to_zero=["y_ptr"],
-                     key=["channels", "length", "n_segments", "PASS", "CHECKPOINT", "DT_GIVEN"])
+    @autotune(configs=_CONFIGS, reset_to_zero=["y_ptr"],
+              key=["channels", "length", "n_segments", "PASS", "CHECKPOINT", "DT_GIVEN"])
     # How deep the loop is pipelined: 3 for long walks (stage 0 of a 256² image 15 % faster),
     # not at all below 1024 steps a program, where filling the pipeline costs more than it
     # hides (stage 2: 0.43 ms unpipelined, 0.50 pipelined; benchmarks/RESULTS.md). A rule
