@@ -1,4 +1,8 @@
+import os
+
 import pytest
+
+from .display import INSTALL_LINE, probe_display
 
 TINY = dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), d_state=4)
 
@@ -39,16 +43,54 @@ def perturb(model, scale=0.1, seed=0):
 DATA = __import__("pathlib").Path(__file__).parent / "data"
 
 
+# Tests that open a real napari viewer or Qt widgets: they need a display (tests/display.py).
+GUI_FIXTURES = {"make_napari_viewer", "qtbot"}
+_GUI_RUN = pytest.StashKey[dict]()
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` skip cleanly where no CUDA GPU is visible (CI, laptops)."""
+    """Tests marked ``gpu`` skip cleanly where no CUDA GPU is visible (CI, laptops); GUI tests
+    skip, saying what to install, where Qt cannot open a display (it would abort the run)."""
     import torch
 
-    if torch.cuda.is_available():
+    if not torch.cuda.is_available():
+        no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(no_gpu)
+
+    gui = [item for item in items if GUI_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    if not gui:
         return
-    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(no_gpu)
+    problem, running = probe_display()
+    config.stash[_GUI_RUN] = {"ids": {item.nodeid for item in gui}, "problem": problem,
+                              "running": running}
+    if problem is None:
+        return
+    if os.environ.get("NAPARI_VMUNET_REQUIRE_GUI_TESTS"):  # CI: skipping them is a failure
+        raise pytest.UsageError(f"the GUI tests cannot run: {problem}. {INSTALL_LINE}")
+    no_display = pytest.mark.skip(reason=f"GUI test, no display: {problem}")
+    for item in gui:
+        item.add_marker(no_display)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """One line on the GUI tests: how many ran and on what, or why none did and the fix."""
+    gui = config.stash.get(_GUI_RUN, None)
+    if gui is None:
+        return
+    outcomes = {kind: sum(report.nodeid in gui["ids"] and report.when in ("call", "setup")
+                          for report in terminalreporter.stats.get(kind, []))
+                for kind in ("passed", "failed", "error", "skipped")}
+    if gui["problem"] is None:
+        line = (f"GUI tests: {outcomes['passed']} passed, {outcomes['failed']} failed, "
+                f"{outcomes['skipped']} skipped, in real napari viewers ({gui['running']})")
+        terminalreporter.write_line(line)
+    else:
+        terminalreporter.write_line(
+            f"GUI tests: {len(gui['ids'])} skipped: {gui['problem']}. To run them on "
+            f"Debian/Ubuntu: {INSTALL_LINE} (pytest-xvfb then starts a virtual display "
+            "by itself)", yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session")
