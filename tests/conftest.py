@@ -59,7 +59,8 @@ def pytest_collection_modifyitems(config, items):
             if "gpu" in item.keywords:
                 item.add_marker(no_gpu)
 
-    gui = [item for item in items if GUI_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    gui = [item for item in items if item.get_closest_marker("gui")
+           or GUI_FIXTURES & set(getattr(item, "fixturenames", ()))]
     if not gui:
         return
     problem, running = probe_display()
@@ -79,11 +80,12 @@ def pytest_terminal_summary(terminalreporter, config):
     gui = config.stash.get(_GUI_RUN, None)
     if gui is None:
         return
-    outcomes = {kind: sum(report.nodeid in gui["ids"] and report.when in ("call", "setup")
+    outcomes = {kind: sum(report.nodeid in gui["ids"]
                           for report in terminalreporter.stats.get(kind, []))
                 for kind in ("passed", "failed", "error", "skipped")}
     if gui["problem"] is None:
-        line = (f"GUI tests: {outcomes['passed']} passed, {outcomes['failed']} failed, "
+        failed = outcomes["failed"] + outcomes["error"]
+        line = (f"GUI tests: {outcomes['passed']} passed, {failed} failed, "
                 f"{outcomes['skipped']} skipped, in real napari viewers ({gui['running']})")
         terminalreporter.write_line(line)
     else:

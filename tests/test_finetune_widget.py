@@ -1,9 +1,12 @@
 """The Fine-tune widget in a real napari window (Xvfb), on the bundled CT sample: corrections
-found from paint events, training with live Dice, Stop keeps the best, Use for Segment, Save
-as (never over the parent), Revert."""
+found from paint events (kept through changes of the layer list), training with live Dice,
+Stop keeps the best, Use for Segment, Save as (never over the parent), Revert, and closing the
+window asks before a fine-tuned model is lost."""
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QFileDialog, QMessageBox
 
 from napari_vmunet.bundled import default_checkpoint, load_sample
 from napari_vmunet.checkpoint import file_sha256, load_checkpoint
@@ -16,7 +19,16 @@ CORRECTED = [4, 7, 10]  # slices of the CT crop that hold the tumour
 @pytest.fixture
 def session(make_napari_viewer, qtbot):
     """The CT sample segmented by the Segment widget, and a Fine-tune widget beside it."""
-    viewer = make_napari_viewer()
+    return segmented_ct(make_napari_viewer(), qtbot)
+
+
+@pytest.fixture
+def shown_session(make_napari_viewer, qtbot):
+    """The same in a window on the screen, as a user has it."""
+    return segmented_ct(make_napari_viewer(show=True), qtbot)
+
+
+def segmented_ct(viewer, qtbot):
     segment = open_with_segment_widget(viewer, qtbot, "ct-lung")
     segment.axis.value = 0
     segment.start()
@@ -58,6 +70,16 @@ def test_corrected_slices_follow_the_painting(session, qtbot):
     tune.go_to_selected()
     assert viewer.dims.current_step[0] == 12
 
+    # napari rebuilds the widget's choices at every change of the layer list: nothing is lost
+    labels = viewer.layers["ct-lung labels"]
+    viewer.add_labels(np.zeros((15, 8, 8), np.uint8), name="scratch")
+    viewer.layers.move(viewer.layers.index("scratch"), 0)
+    labels.name = "ct-lung corrected"
+    viewer.layers.remove("scratch")
+    assert tune.labels_choice.value is labels
+    assert tune.corrected_slices() == [CORRECTED[1], 12]
+    assert tune.slice_list.choices == (CORRECTED[1], 12) and tune.slice_list.value == [12]
+
 
 def test_fine_tune_use_save_and_revert(session, qtbot, tmp_path):
     viewer, segment, tune = session
@@ -68,6 +90,11 @@ def test_fine_tune_use_save_and_revert(session, qtbot, tmp_path):
     tune.start()
     qtbot.waitUntil(lambda: tune.worker is None, timeout=180000)
     assert tune.plot.dice and len(tune.plot.loss) == 12  # validation Dice reported, live
+    largest_loss = max(loss for _, loss in tune.plot.loss)
+    assert tune.plot.axis_ends() == {"step": ("0", "12"), "loss": ("0", f"{largest_loss:.3g}"),
+                                     "Dice": ("0", "1")}
+    assert tune.plot.legend() == (f"loss {tune.plot.loss[-1][1]:.3g}",
+                                  f"Dice {tune.plot.dice[-1][1]:.3f}")
     assert tune.status.value.startswith("best validation Dice"), tune.status.value
     assert tune.use_button.enabled and tune.save_button.enabled
     assert segment.model is base_model  # nothing changes until the user says so
@@ -91,6 +118,9 @@ def test_fine_tune_use_save_and_revert(session, qtbot, tmp_path):
     assert reloaded.provenance["labels"] == "ct-lung labels"
     assert reloaded.provenance["parent_sha256"] == before
     qtbot.waitUntil(lambda: "lung-tumour.safetensors" in segment.model_card.value, timeout=5000)
+    viewer.add_points(name="a layer change")  # the saved model stays the Segment widget's
+    qtbot.wait(50)
+    assert segment.model is tune.tuned and segment.model_choice.value == str(saved)
 
     tune.revert()
     assert segment.model is base_model and not tune.use_button.enabled
@@ -124,3 +154,77 @@ def test_recent_checkpoints_are_remembered(make_napari_viewer, qtbot, tiny_check
     qtbot.waitUntil(lambda: later.model is not None, timeout=60000)
     assert later.model_path == tiny_checkpoint
     assert str(tiny_checkpoint) in later.model_choice.choices
+
+
+def fine_tune(viewer, tune, qtbot, steps):
+    paint_reference(viewer, CORRECTED)
+    qtbot.waitUntil(lambda: len(tune.slice_list.choices) == 3, timeout=5000)
+    tune.steps.value = steps
+    tune.start()
+
+
+def close_as_a_user(window, qtbot):
+    """Close the window from the running event loop, as File ▸ Close Window does. Closed, it
+    only hides (napari would delete it), so that make_napari_viewer can still tear it down."""
+    window.setAttribute(Qt.WA_DeleteOnClose, False)
+    QTimer.singleShot(0, window.close)
+    qtbot.wait(300)
+
+
+def answer(monkeypatch, reply, save_to=None):
+    """The user's reply to the close question (and the file chosen in the save dialog)."""
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question",
+                        lambda _parent, _title, text, *_args: asked.append(text) or reply)
+    monkeypatch.setattr(QFileDialog, "getSaveFileName",
+                        lambda *_args, **_kw: (str(save_to) if save_to else "", ""))
+    return asked
+
+
+def test_closing_the_window_while_fine_tuning_asks_and_can_save(shown_session, qtbot, tmp_path,
+                                                                monkeypatch):
+    viewer, _, tune = shown_session
+    window = tune.native.window()
+    fine_tune(viewer, tune, qtbot, steps=5000)
+    qtbot.waitUntil(lambda: len(tune.plot.dice) >= 1, timeout=180000)  # weights worth keeping
+
+    asked = answer(monkeypatch, QMessageBox.Cancel)
+    close_as_a_user(window, qtbot)
+    assert window.isVisible() and tune.worker is not None  # still open, still training
+    assert "Fine-tuning is still running" in asked[0]
+
+    saved = tmp_path / "before-closing.safetensors"
+    answer(monkeypatch, QMessageBox.Save, save_to=saved)
+    close_as_a_user(window, qtbot)
+    assert not window.isVisible()
+    assert tune.worker is None and not tune.workers.busy  # stopped, and waited for
+    trainer = tune.tuner.trainer
+    assert trainer.step < 5000 and tune.saved_to == saved
+    assert load_checkpoint(saved).provenance["steps"] == trainer.step
+
+
+def test_closing_the_window_asks_before_discarding_a_fine_tuned_model(
+        shown_session, qtbot, monkeypatch):
+    viewer, _, tune = shown_session
+    window = tune.native.window()
+    fine_tune(viewer, tune, qtbot, steps=3)
+    qtbot.waitUntil(lambda: tune.worker is None, timeout=120000)
+    assert tune.unsaved
+
+    asked = answer(monkeypatch, QMessageBox.Save)  # ... then Cancel in the save dialog
+    close_as_a_user(window, qtbot)
+    assert window.isVisible() and tune.unsaved and "is not saved" in asked[0]
+
+    answer(monkeypatch, QMessageBox.Discard)
+    close_as_a_user(window, qtbot)
+    assert not window.isVisible()
+
+
+def test_stop_before_the_first_validation_keeps_nothing_it_cannot_vouch_for(session, qtbot):
+    viewer, _, tune = session
+    fine_tune(viewer, tune, qtbot, steps=5000)
+    qtbot.waitUntil(lambda: len(tune.plot.loss) >= 1, timeout=120000)
+    tune.stop()
+    qtbot.waitUntil(lambda: tune.worker is None, timeout=30000)
+    assert not tune.plot.dice and "before the first validation" in tune.status.value
+    assert tune.tuned is None and not tune.unsaved and not tune.use_button.enabled

@@ -60,5 +60,7 @@ def test_sample_data_menu_opens_the_bundled_samples(make_napari_viewer):
     assert kinds == [("t1-head", "Image"), ("t1-head brain (reference)", "Labels"),
                      ("ct-lung", "Image"), ("ct-lung tumour (reference)", "Labels")]
     assert int(viewer.layers[3].data.sum()) == 24644
+    # the references are there to compare with, not shown as if already segmented
+    assert [layer.visible for layer in viewer.layers] == [True, False, True, False]
     assert np.allclose(viewer.layers[0].scale, 1.5)
     assert np.allclose(viewer.layers[2].scale, (5.0, 0.6269531, 0.6269531))

@@ -1,10 +1,9 @@
-"""Controls and worker plumbing both dock widgets use: the recipe, CT window and device
-choices, the layer-name pickers, and starting a napari worker wired to a widget's slots."""
+"""Controls both dock widgets use: the recipe, CT window and device choices, the layer
+pickers, a row of buttons."""
 
 from __future__ import annotations
 
-from magicgui.widgets import ComboBox
-from napari.qt.threading import create_worker
+from magicgui.widgets import ComboBox, Container
 
 from ..recipes import CT_WINDOWS, RECIPES
 
@@ -40,22 +39,42 @@ def device_control() -> ComboBox:
     return ComboBox(label="device", choices=["auto", *available_devices()], value="auto")
 
 
-def layer_names(viewer, kind: str):
-    """A choices callable: the names of the viewer's layers of type ``kind`` ("Image",
-    "Labels"), for a ComboBox that follows the layer list."""
-    def names(_widget=None):
-        return [layer.name for layer in viewer.layers if type(layer).__name__ == kind]
-    return names
+class LayerChoice(ComboBox):
+    """The viewer's layers of one type (napari's ``Image``, ``Labels``), kept in step with the
+    layer list by napari's ``reset_choices``. Its value is the layer itself, so the choice
+    survives the layer being renamed or moved, and changes only when the layer is removed; it
+    may also be set by name."""
+
+    def __init__(self, viewer, kind: type, **kwargs) -> None:
+        self._viewer, self._kind = viewer, kind
+        super().__init__(choices=self._layers, **kwargs)
+
+    def _layers(self, _widget=None) -> list[tuple[str, object]]:
+        return [(layer.name, layer) for layer in self._viewer.layers
+                if isinstance(layer, self._kind)]
+
+    @property
+    def value(self):
+        return ComboBox.value.fget(self)
+
+    @value.setter
+    def value(self, value) -> None:
+        if isinstance(value, str):
+            value = self._viewer.layers[value]
+        ComboBox.value.fset(self, value)
+
+    def reset_choices(self, *_) -> None:
+        # magicgui matches entries by their text, so a renamed layer would lose its place and
+        # the first layer would be chosen instead: keep the layer, and say "changed" only
+        # when the choice really changed.
+        before = self.value
+        with self.changed.blocked():
+            super().reset_choices()
+            if before is not None and any(before is layer for layer in self.choices):
+                self.value = before
+        if self.value is not before:
+            self.changed.emit(self.value)
 
 
-def start_worker(function, *args, on_event=None, on_error=None, on_finished=None,
-                 on_returned=None, **kwargs):
-    """Run ``function`` in a napari worker (a generator's yields go to ``on_event``); errors
-    reach ``on_error`` instead of napari's traceback dialog. Returns the started worker."""
-    worker = create_worker(function, *args, _ignore_errors=True, **kwargs)
-    for signal, slot in (("yielded", on_event), ("errored", on_error),
-                         ("finished", on_finished), ("returned", on_returned)):
-        if slot is not None:
-            getattr(worker, signal).connect(slot)
-    worker.start()
-    return worker
+def button_row(*buttons) -> Container:
+    return Container(widgets=buttons, layout="horizontal", labels=False)

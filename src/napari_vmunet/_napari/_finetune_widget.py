@@ -20,88 +20,95 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
-    ComboBox,
-    Container,
     FloatSpinBox,
-    Label,
     ProgressBar,
     PushButton,
     Select,
     SpinBox,
 )
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QFileDialog
+from qtpy.QtWidgets import QFileDialog, QMessageBox
 
 from ._controls import (
+    LayerChoice,
+    button_row,
     chosen_recipe,
     device_control,
-    layer_names,
     recipe_controls,
-    start_worker,
 )
+from ._fit import ScrollingDock, WrappedText
 from ._layers import PREDICTION_KEY, layer_spacing_mm, viewer_slicing_axis
 from ._plot import TrainingPlot
 from ._session import CurrentModel, session_for
+from ._workers import Workers
 
 # Paint strokes arrive many times a second; the slice list is recomputed once they pause.
 _REFRESH_DELAY_MS = 250
 _EDIT_EVENTS = ("paint", "set_data", "data")
 
 
-class FineTuneWidget(Container):
+class FineTuneWidget(ScrollingDock):
     def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (a string for napari)
         super().__init__()
         self.viewer = viewer
         self.session = session_for(viewer)
+        self.workers = Workers(self.native, may_close=self._may_close)
         self.worker = None
         self.tuner = None
         self.base: CurrentModel | None = None  # what the last run started from
         self.tuned = None  # its result, until reverted
+        self.saved_to: Path | None = None  # where the result was last saved, if it was
         self.result = None  # the last TrainingDone
         self._labels_layer = None
+        self._slices: list[int] = []  # the corrected slices, as last found
         self._added: set[int] = set()
         self._removed: set[int] = set()
 
-        self.model_card = Label(value="")
-        self.image_choice = ComboBox(label="image", choices=layer_names(viewer, "Image"))
-        self.labels_choice = ComboBox(label="labels", choices=layer_names(viewer, "Labels"),
-                                      tooltip="the corrected labels layer")
+        self.model_card = WrappedText()
+        self.image_choice = LayerChoice(viewer, Image, label="image")
+        self.labels_choice = LayerChoice(viewer, Labels, label="labels",
+                                         tooltip="the corrected labels layer")
         self.axis = SpinBox(label="slicing axis", min=-1, max=3, value=-1,
                             tooltip="-1: the axis the viewer is slicing")
-        self.slice_list = Select(label="corrected slices", choices=[],
+        # The choices are a callable, so that napari's reset_choices keeps them.
+        self.slice_list = Select(label="corrected", choices=self._slice_entries,
                                  tooltip="slices that differ from the prediction; "
                                  "double-click or 'Go to slice' to look")
-        self.goto_button = PushButton(text="Go to slice")
-        self.add_button = PushButton(text="Add current slice")
-        self.remove_button = PushButton(text="Remove selected")
+        self.goto_button = PushButton(text="Go to", tooltip="show the selected slice")
+        self.add_button = PushButton(text="Add current",
+                                     tooltip="count the slice on screen as corrected")
+        self.remove_button = PushButton(text="Remove",
+                                        tooltip="do not train on the selected slices")
         self.recipe_choice, self.window = recipe_controls()
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
         self.learning_rate = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-5,
                                           value=3e-4)
         self.batch = SpinBox(label="batch size", min=1, max=256, value=8)
-        self.decoder_only = CheckBox(text="decoder only (keep the encoder as it is)")
+        self.decoder_only = CheckBox(text="decoder only",
+                                     tooltip="train the decoder; keep the encoder as it is")
         self.device = device_control()
         self.start_button = PushButton(text="Start")
         self.stop_button = PushButton(text="Stop", enabled=False,
                                       tooltip="stop now and keep the best weights so far")
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
-        self.status = Label(value="")
+        self.status = WrappedText()
         self.use_button = PushButton(text="Use for Segment", enabled=False)
         self.save_button = PushButton(text="Save as…", enabled=False)
         self.revert_button = PushButton(text="Revert", enabled=False,
                                         tooltip="back to the model fine-tuning started from")
-        self.extend([self.model_card, self.image_choice, self.labels_choice, self.axis,
-                     self.slice_list, self.goto_button, self.add_button, self.remove_button,
-                     self.recipe_choice, self.window, self.steps, self.learning_rate,
-                     self.batch, self.decoder_only, self.device, self.start_button,
-                     self.stop_button, self.progress, self.status])
         self.plot = TrainingPlot()
-        self.native.layout().addWidget(self.plot)
-        results = Container(widgets=[self.use_button, self.save_button, self.revert_button],
-                            layout="horizontal", labels=False)
-        self.native.layout().addWidget(results.native)
-        self._results = results  # keep the magicgui wrapper alive with its Qt widget
+        self.set_controls([
+            self.model_card, self.image_choice, self.labels_choice, self.axis,
+            self.slice_list, button_row(self.goto_button, self.add_button, self.remove_button),
+            self.recipe_choice, self.window, self.steps, self.learning_rate, self.batch,
+            self.decoder_only, self.device, button_row(self.start_button, self.stop_button),
+            self.progress, self.status])
+        self.form.native.layout().addWidget(self.plot)
+        self._results = [self.use_button, button_row(self.save_button, self.revert_button)]
+        for widget in self._results:
+            self.form.native.layout().addWidget(widget.native)
 
         self._refresh_timer = QTimer(self.native)  # dies with the widget
         self._refresh_timer.setSingleShot(True)
@@ -118,8 +125,6 @@ class FineTuneWidget(Container):
         self.use_button.clicked.connect(self.use_for_segment)
         self.save_button.clicked.connect(self._ask_where_to_save)
         self.revert_button.clicked.connect(self.revert)
-        viewer.layers.events.inserted.connect(self._refresh_layers)
-        viewer.layers.events.removed.connect(self._refresh_layers)
         self.session.changed.connect(self._show_base)
         self._show_base(self.session.current)
         self._follow_labels_layer(self.labels_choice.value)
@@ -131,30 +136,20 @@ class FineTuneWidget(Container):
         painting, so that Start does not freeze the window for a moment (benchmarks/gui.py)."""
         from ..engine.warmup import warm_up
 
-        self._warmer = start_worker(warm_up, training=True)
+        self._warmer = self.workers.start(warm_up, training=True)
 
     def _disconnect(self, _obj=None) -> None:
-        """The dock widget is gone: stop listening to the layers and the session."""
+        """The dock widget is gone: stop listening to the labels layer and the session."""
         self._watch_labels_layer(False)
         self._labels_layer = None
         self.session.changed.disconnect(self._show_base)
-        self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
-        self.viewer.layers.events.removed.disconnect(self._refresh_layers)
 
     # -- layers and corrected slices -------------------------------------------------------
 
-    def _layer(self, name):
-        layers = self.viewer.layers
-        return layers[name] if name in layers else None  # noqa: SIM401 (LayerList has no .get)
-
-    def _refresh_layers(self, _event=None):
-        self.image_choice.reset_choices()
-        self.labels_choice.reset_choices()
-
-    def _follow_labels_layer(self, name) -> None:
+    def _follow_labels_layer(self, layer) -> None:
         """Listen to the paint strokes of the chosen labels layer (and only that one)."""
         self._watch_labels_layer(False)
-        self._labels_layer = self._layer(name)
+        self._labels_layer = layer
         self._added.clear()
         self._removed.clear()
         self._watch_labels_layer(True)
@@ -197,10 +192,13 @@ class FineTuneWidget(Container):
         n = moved.shape[0]
         return sorted(((found | self._added) - self._removed) & set(range(n)))
 
+    def _slice_entries(self, _widget=None) -> list[tuple[str, int]]:
+        return [(f"slice {s}", s) for s in self._slices]
+
     def refresh_slices(self, _event=None) -> None:
-        slices = self.corrected_slices()
+        self._slices = slices = self.corrected_slices()
         selected = [s for s in self.slice_list.value if s in slices]
-        self.slice_list.choices = [(f"slice {s}", s) for s in slices]
+        self.slice_list.reset_choices()
         self.slice_list.value = selected
         if self._labels_layer is None:
             self.status.value = "choose the labels layer you corrected"
@@ -257,7 +255,7 @@ class FineTuneWidget(Container):
     def start(self) -> None:
         from ..engine.training import TrainingSettings
 
-        image_layer = self._layer(self.image_choice.value)
+        image_layer = self.image_choice.value
         if image_layer is None or self._labels_layer is None:
             show_info("VM-UNet: choose the image and its corrected labels layer first")
             return
@@ -301,7 +299,7 @@ class FineTuneWidget(Container):
         for button in (self.use_button, self.save_button, self.revert_button):
             button.enabled = False
         self.status.value = f"preparing {len(slices)} slice(s)…"
-        self.worker = start_worker(work, on_event=self._on_event, on_error=self._on_error,
+        self.worker = self.workers.start(work, on_event=self._on_event, on_error=self._on_error,
                                    on_finished=self._on_finished)
 
     def stop(self) -> None:
@@ -354,7 +352,13 @@ class FineTuneWidget(Container):
             return
         tuner.restore_best()
         trainer = tuner.trainer
-        self.tuned = tuner.model
+        if trainer.best_step == 0:
+            # No validation yet (Stop came first): the best weights known are the ones it
+            # started from, so there is no fine-tuned model to use or save.
+            self.status.value = (f"stopped at step {trainer.step}, before the first "
+                                 "validation: the model is as it started")
+            return
+        self.tuned, self.saved_to = tuner.model, None
         how = self.result.stop_reason if self.result is not None else "stopped"
         self.status.value = (f"best validation Dice {trainer.best_dice:.3f} at step "
                              f"{trainer.best_step} of {trainer.step} ({how}); kept")
@@ -382,12 +386,50 @@ class FineTuneWidget(Container):
             button.enabled = False
         self.status.value = f"reverted: back to {self.base.title}"
 
+    @property
+    def unsaved(self) -> bool:
+        """A fine-tuned model is kept here that has not been saved since it was made."""
+        return self.tuned is not None and self.saved_to is None
+
     def _ask_where_to_save(self) -> None:
+        path = self._ask_save_path()
+        if path is not None:
+            self.save_as(path)
+
+    def _ask_save_path(self) -> Path | None:
         start = str(Path.home() / f"{Path(self.base.title).stem}-fine-tuned.safetensors")
         path, _ = QFileDialog.getSaveFileName(self.native, "Save the fine-tuned model", start,
                                               "VM-UNet checkpoints (*.safetensors)")
-        if path:
-            self.save_as(Path(path))
+        return Path(path) if path else None
+
+    def _may_close(self, by_user: bool) -> bool:
+        """Asked before the window closes (by Workers): a model being fine-tuned, or one not
+        saved, would be lost with it, so the user chooses to save it, discard it, or keep the
+        window open. A script's close, or a window nobody sees, is not asked; nor is
+        viewer.close(), which empties the layer list before it closes the window (too late to
+        keep it open)."""
+        training = self.worker is not None
+        if not (training or self.unsaved) or not (by_user and self.native.isVisible()
+                                                  and len(self.viewer.layers)):
+            return True
+        question = ("Fine-tuning is still running; closing the window stops it and discards "
+                    "the model. Save the best weights so far?" if training else
+                    "The fine-tuned model is not saved; closing the window discards it. "
+                    "Save it?")
+        answer = QMessageBox.question(
+            self.native, "VM-UNet: unsaved fine-tuned model", question,
+            QMessageBox.Save | QMessageBox.Discard | QMessageBox.Cancel, QMessageBox.Save)
+        if answer == QMessageBox.Discard:
+            return True
+        if answer != QMessageBox.Save:
+            return False
+        self.workers.stop_all()  # training stops as on Stop: the best weights are kept
+        path = self._ask_save_path() if self.unsaved else None
+        if path is None:
+            return not self.unsaved
+        self.save_as(path)
+        self.workers.stop_all()  # the save finishes before the window goes
+        return not self.unsaved  # a failed save (its error shown) keeps the window open
 
     def save_as(self, path: Path) -> None:
         """Write the fine-tuned model to ``path`` (a new .safetensors file, atomically; the
@@ -413,11 +455,12 @@ class FineTuneWidget(Container):
             return save_checkpoint(model, path, recipe=recipe, provenance=provenance,
                                    overwrite=True)
 
-        self._saver = start_worker(
+        self._saver = self.workers.start(
             save, on_returned=self._saved,
             on_error=lambda exc: show_error(f"VM-UNet: could not save: {exc}"))
 
     def _saved(self, path: Path) -> None:
+        self.saved_to = path
         self.status.value = f"saved {path}"
         current = self.session.current
         if current is not None and current.model is self.tuned:

@@ -1,4 +1,5 @@
-"""napari's File > Open Sample > VM-UNet: the bundled real images with their reference labels."""
+"""napari's File > Open Sample > VM-UNet: the bundled real images with their reference labels
+(hidden until the user shows them, to compare)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from ._layers import image_layer_data
 def _sample(name: str) -> list[tuple]:
     image, labels = load_sample(name)
     sample = SAMPLES[name]
+    reference, kwargs, kind = image_layer_data(labels, name=f"{sample.name} {sample.labels_name}",
+                                               kind="labels")
+    # Hidden: shown, it would make the image look segmented before Segment was clicked.
     return [image_layer_data(image, name=sample.name),
-            image_layer_data(labels, name=f"{sample.name} {sample.labels_name}", kind="labels")]
+            (reference, {**kwargs, "visible": False}, kind)]
 
 
 def t1_head() -> list[tuple]:

@@ -17,13 +17,12 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FloatSpinBox,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
 )
+from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSettings
 from qtpy.QtWidgets import QFileDialog
@@ -31,14 +30,16 @@ from qtpy.QtWidgets import QFileDialog
 from ..bundled import default_checkpoint
 from ..io import Geometry
 from ._controls import (
+    LayerChoice,
+    button_row,
     chosen_recipe,
     device_control,
-    layer_names,
     recipe_controls,
-    start_worker,
 )
+from ._fit import ScrollingDock, WrappedText
 from ._layers import GEOMETRY_KEY, PREDICTION_KEY, layer_spacing_mm, viewer_slicing_axis
 from ._session import CurrentModel, session_for
+from ._workers import Workers
 
 BUNDLED = "bundled: T1 brain extraction"
 OPEN = "Open checkpoint…"
@@ -70,21 +71,32 @@ def recent_checkpoints() -> list[str]:
     return [p for p in recent if Path(p).is_file()]
 
 
-class SegmentWidget(Container):
+def _entry_texts(paths: list[str]) -> list[str]:
+    """What the model choice shows for each file: its name, with its folder where two files
+    share a name (the whole path is in the choice's tooltip)."""
+    names = [Path(p).name for p in paths]
+    return [name if names.count(name) == 1 else f"{name} ({Path(p).parent})"
+            for name, p in zip(names, paths, strict=True)]
+
+
+class SegmentWidget(ScrollingDock):
     def __init__(self, viewer: napari.viewer.Viewer):  # noqa: F821 (a string for napari)
         super().__init__()
         self.viewer = viewer
         self.model = None
         self.model_path: Path | None = None
         self.worker = None
+        self.workers = Workers(self.native)
         self.session = session_for(viewer)
-        self.model_choice = ComboBox(label="model", choices=[BUNDLED, OPEN], value=BUNDLED,
+        # The entry of the model in use: kept in the choices whatever napari's reset_choices
+        # (at every change of the layer list) rebuilds them from.
+        self._entry = BUNDLED
+        self.model_choice = ComboBox(label="model", choices=self._model_entries,
                                      tooltip="the bundled model, a recent file, or a "
                                      ".pth/.safetensors file")
-        self._set_model_choices(BUNDLED)
-        self.model_card = Label(value="loading…")
-        self.image_choice = ComboBox(label="image", choices=layer_names(viewer, "Image"),
-                                     tooltip="the Image layer to segment")
+        self.model_card = WrappedText("loading…")
+        self.image_choice = LayerChoice(viewer, Image, label="image",
+                                        tooltip="the Image layer to segment")
         self.axis = SpinBox(label="slicing axis", min=-1, max=3, value=-1,
                             tooltip="-1: the axis the viewer is slicing")
         self.recipe_choice, self.window = recipe_controls()
@@ -97,17 +109,16 @@ class SegmentWidget(Container):
         self.run_button = PushButton(text="Segment")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
-        self.status = Label(value="")
+        self.status = WrappedText()
         self._status_after_first_batch: str | None = None  # while the GPU kernels are prepared
-        self.extend([self.model_choice, self.model_card, self.image_choice, self.axis,
-                     self.recipe_choice, self.window, self.device, self.batch, self.threshold,
-                     self.probabilities, self.run_button, self.cancel_button, self.progress,
-                     self.status])
+        self.set_controls([self.model_choice, self.model_card, self.image_choice, self.axis,
+                           self.recipe_choice, self.window, self.device, self.batch,
+                           self.threshold, self.probabilities,
+                           button_row(self.run_button, self.cancel_button), self.progress,
+                           self.status])
         self.model_choice.changed.connect(self._on_model_choice)
         self.run_button.clicked.connect(self.start)
         self.cancel_button.clicked.connect(self.cancel)
-        viewer.layers.events.inserted.connect(self._refresh_layers)
-        viewer.layers.events.removed.connect(self._refresh_layers)
         self.session.changed.connect(self._show_model)
         self.native.destroyed.connect(lambda _obj=None: self._disconnect())
         if self.session.current is not None:  # a second Segment widget on the same viewer
@@ -116,20 +127,28 @@ class SegmentWidget(Container):
             self.load_model(self._last_checkpoint())
 
     def _disconnect(self) -> None:
-        """The dock widget is gone: stop listening to the session and the layer list."""
+        """The dock widget is gone: stop listening to the session."""
         self.session.changed.disconnect(self._show_model)
-        self.viewer.layers.events.inserted.disconnect(self._refresh_layers)
-        self.viewer.layers.events.removed.disconnect(self._refresh_layers)
 
     # -- model -----------------------------------------------------------------------------
 
-    def _set_model_choices(self, value: str) -> None:
+    def _model_entries(self, _widget=None) -> list[tuple[str, str]]:
+        """The model choices: the bundled model, the files opened recently (and the one in
+        use, if it is not among them), and Open checkpoint…"""
         recent = [p for p in recent_checkpoints() if p != str(default_checkpoint())]
-        if value not in (BUNDLED, OPEN) and value not in recent:
-            recent.insert(0, value)
+        if self._entry not in (BUNDLED, OPEN, *recent):
+            recent.insert(0, self._entry)
+        return [(BUNDLED, BUNDLED), *zip(_entry_texts(recent), recent, strict=True),
+                (OPEN, OPEN)]
+
+    def _set_model_entry(self, entry: str) -> None:
+        self._entry = entry
         with self.model_choice.changed.blocked():
-            self.model_choice.choices = [BUNDLED, *recent, OPEN]
-            self.model_choice.value = value
+            self.model_choice.reset_choices()
+            self.model_choice.value = entry
+        self.model_choice.tooltip = (entry if entry not in (BUNDLED, OPEN) else
+                                     "the bundled model, a recent file, or a "
+                                     ".pth/.safetensors file")
 
     def _last_checkpoint(self) -> Path:
         last = settings().value(LAST_KEY, "")
@@ -153,7 +172,7 @@ class SegmentWidget(Container):
         """Load in a worker; the current model stays until the new one has loaded."""
         self.model_card.value = f"loading {Path(path).name}…"
         self.run_button.enabled = False
-        self.loader = start_worker(
+        self.loader = self.workers.start(
             _load_and_warm_up, path, on_error=self._model_failed,
             on_returned=lambda model: self._model_loaded(model, Path(path)))
 
@@ -193,8 +212,8 @@ class SegmentWidget(Container):
         entry: the choice stays where it was and the model card says what is in use."""
         if self.model_path is None:
             return
-        self._set_model_choices(BUNDLED if self.model_path == default_checkpoint()
-                                else str(self.model_path))
+        self._set_model_entry(BUNDLED if self.model_path == default_checkpoint()
+                              else str(self.model_path))
 
     def _model_failed(self, exc: Exception) -> None:
         show_error(f"VM-UNet: {exc}")
@@ -208,20 +227,15 @@ class SegmentWidget(Container):
 
         return str(resolve_device(self.device.value))
 
-    # -- layers ----------------------------------------------------------------------------
-
-    def _refresh_layers(self, _event=None):
-        self.image_choice.reset_choices()
-
     # -- segmenting ------------------------------------------------------------------------
 
     def start(self) -> None:
         from ..engine import Segmenter
 
-        if self.model is None or not self.image_choice.value:
+        layer = self.image_choice.value
+        if self.model is None or layer is None:
             show_info("VM-UNet: choose a model and an image layer first")
             return
-        layer = self.viewer.layers[self.image_choice.value]
         recipe = chosen_recipe(self.model, self.recipe_choice.value, self.window.value)
         try:
             segmenter = Segmenter(self.model, recipe, device=self.device.value,
@@ -243,7 +257,7 @@ class SegmentWidget(Container):
         self.progress.visible, self.progress.value = True, 0
         self.run_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = "segmenting…"
-        self.worker = start_worker(segmenter.run, data, axis=axis, rgb=rgb,
+        self.worker = self.workers.start(segmenter.run, data, axis=axis, rgb=rgb,
                                    probabilities=self.probabilities.value,
                                    spacing=layer_spacing_mm(layer), on_event=self._on_event,
                                    on_error=self._on_error, on_finished=self._on_finished)
@@ -271,12 +285,12 @@ class SegmentWidget(Container):
             running = (f"{event.slices} slices on {event.device}, batch {event.batch_size}, "
                        f"scan {event.scan_backend}")
             # On a GPU a new image size compiles and tunes the Triton kernels before its first
-            # batch (86 s on an H100 the first time on a machine, 2 s later: RESULTS.md): say so
+            # batch (the first time on a machine: RESULTS.md, "fifteenth session"): say so
             # rather than leave the bar at 0 without a word.
             on_gpu = event.device.startswith("cuda")
             self._status_after_first_batch = running if on_gpu else None
-            self.status.value = running + (" — preparing the GPU kernels for this size (up to "
-                                           "~1.5 min the first time on this machine)"
+            self.status.value = running + (" — preparing the GPU kernels for this image size "
+                                           "(the first time on this machine)"
                                            if on_gpu else "")
         elif isinstance(event, SlicesDone):
             self._write_chunk(event)
