@@ -13,6 +13,7 @@ Prints the Dice of each CT result against the sample's reference tumour label.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ CORRECTED = [4, 7, 10]
 
 def main(argv=None) -> int:
     import napari
-    from qtpy.QtWidgets import QApplication
+    from qtpy.QtWidgets import QApplication, QScrollArea
 
     from napari_vmunet.bundled import load_sample
     from napari_vmunet.metrics import dice
@@ -37,6 +38,7 @@ def main(argv=None) -> int:
     def wait(condition):
         while not condition():
             app.processEvents()
+            time.sleep(0.01)  # a busy loop would take a core from the model
 
     def shoot(viewer, name):
         for _ in range(20):
@@ -88,6 +90,8 @@ def main(argv=None) -> int:
     tune.start()
     wait(lambda: tune.worker is None)
     print(tune.status.value)
+    # the plot and the result's buttons, scrolled into the Fine-tune dock's view
+    tune.native.findChild(QScrollArea).ensureWidgetVisible(tune.revert_button.native)
     shoot(viewer, "finetune-2-trained.png")
 
     tune.use_for_segment()

@@ -70,3 +70,49 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "napari-vmunet"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("napari-vmunet ")
+
+
+@pytest.mark.slow
+def test_the_sdist_carries_its_licence_and_tests_and_they_run(tmp_path):
+    """PyPI and conda-forge build from the sdist and run its tests: they must be in it, with
+    their data and the files they read."""
+    import shutil
+    import tarfile
+
+    # From a copy without build leftovers: setuptools would also pack what an earlier build's
+    # egg-info lists.
+    source = tmp_path / "source"
+    shutil.copytree(Path(__file__).parents[1], source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".tox", "*.egg-info", "build", "dist", "__pycache__", ".*_cache",
+        "napari-vmunet-demo", "site"))
+    build = subprocess.run(
+        [sys.executable, "-c", "import sys; from setuptools import build_meta; "
+         "print(build_meta.build_sdist(sys.argv[1]))", str(tmp_path)],
+        cwd=source, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-2000:]
+    archive = tmp_path / build.stdout.strip().splitlines()[-1]
+    with tarfile.open(archive) as sdist:
+        sdist.extractall(tmp_path, filter="data")
+    root = tmp_path / archive.name.removesuffix(".tar.gz")
+    for needed in ("LICENSE", "README.md", "tests/conftest.py", "tests/display.py",
+                   "tests/data/robex_t1_3mm.nii.gz", "tests/data/lung2_ct_crop.nrrd",
+                   "src/napari_vmunet/napari.yaml",
+                   "src/napari_vmunet/models/t1_brain.safetensors"):
+        assert (root / needed).is_file(), f"{needed} is missing from the sdist"
+    assert "Apache License" in (root / "LICENSE").read_text()
+    assert not list(root.rglob("__pycache__"))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "tests/test_io.py", "tests/test_recipes.py", "tests/test_display.py"],
+                         cwd=root, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:]
+
+
+def test_the_readme_links_and_images_work_off_the_repository():
+    """The napari hub and PyPI show the README away from the repository: every link and image
+    is an absolute URL."""
+    import re
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)]+)\)", readme)
+    assert targets and all(t.startswith(("https://", "http://")) for t in targets), [
+        t for t in targets if not t.startswith("http")]

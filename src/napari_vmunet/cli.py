@@ -72,12 +72,10 @@ def _planned_outputs(args) -> list[tuple[Path, Path, Path | None]]:
 def _segment(args: argparse.Namespace) -> int:
     import time
 
-    from tqdm import tqdm
-
     from . import distributed
     from .bundled import default_checkpoint
     from .checkpoint import load_checkpoint
-    from .engine import Notice, SegmentationDone, Segmenter, SlicesDone
+    from .engine import Segmenter
     from .io import read_image, write_labels
     from .recipes import get_recipe, recipe_for
 
@@ -106,16 +104,8 @@ def _segment(args: argparse.Namespace) -> int:
                 events = segmenter.run(image.data, axis=axis, channel_axis=geometry.channel_axis,
                                        probabilities=probs_path is not None,
                                        spacing=geometry.spacing_mm())
-                with tqdm(desc=source.name, unit="slice", disable=not rank.is_main or args.quiet,
-                          leave=False) as bar:
-                    for event in events:
-                        if isinstance(event, SlicesDone):
-                            bar.total = event.total
-                            bar.update(event.stop - event.start)
-                        elif isinstance(event, Notice) and rank.is_main and not args.quiet:
-                            tqdm.write(f"{source.name}: {event.message}")
-                        elif isinstance(event, SegmentationDone):
-                            done = event
+                done = _with_progress(events, source.name,
+                                      show=rank.is_main and not args.quiet)
                 out_geometry = geometry.for_labels()
                 write_labels(done.labels, labels_path, out_geometry, overwrite=args.overwrite)
                 if probs_path is not None:
@@ -143,6 +133,28 @@ def _segment(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _with_progress(events, name: str, show: bool = True, leave: bool = False):
+    """Run a Segmenter's events behind a progress bar of slices (and its notices, printed);
+    the SegmentationDone at their end."""
+    from tqdm import tqdm
+
+    from .engine import Notice, SegmentationDone, SegmentationStarted, SlicesDone
+
+    done = None
+    with tqdm(desc=name, unit="slice", disable=not show, leave=leave) as bar:
+        for event in events:
+            if isinstance(event, SegmentationStarted):
+                bar.reset(total=event.slices)
+                bar.set_postfix_str(f"{event.device}, batch {event.batch_size}")
+            elif isinstance(event, SlicesDone):
+                bar.update(event.stop - event.start)
+            elif isinstance(event, Notice) and show:
+                tqdm.write(f"{name}: {event.message}")
+            elif isinstance(event, SegmentationDone):
+                done = event
+    return done
+
+
 def _demo(args: argparse.Namespace) -> int:
     """Segment the bundled T1 head with the bundled model; report Dice and the output file."""
     import numpy as np
@@ -161,8 +173,9 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"sample  {image_path.name} {image.data.shape}, voxels "
           f"{' x '.join(f'{s:g}' for s in image.geometry.spacing)} mm")
     segmenter = Segmenter(model, device=args.device)
-    done = segmenter.segment(image.data, axis=image.geometry.axial_axis(),
-                             spacing=image.geometry.spacing_mm())
+    done = _with_progress(segmenter.run(image.data, axis=image.geometry.axial_axis(),
+                                        spacing=image.geometry.spacing_mm()),
+                          "segmenting", leave=True)
     brain = done.labels > 0
     overlap = dice(brain, reference.data)
     out_dir = Path(args.out_dir)

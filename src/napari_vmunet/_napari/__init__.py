@@ -1,2 +1,3 @@
-"""napari contributions (reader, writer, sample data; widgets to come). Qt only through qtpy,
-torch only inside the functions that need it: napari imports these modules at start-up."""
+"""napari contributions: the Segment and Fine-tune widgets, reader, writer, sample data. Qt
+only through qtpy, torch only inside the functions that need it: napari imports these modules
+at start-up."""

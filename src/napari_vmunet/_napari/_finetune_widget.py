@@ -99,16 +99,14 @@ class FineTuneWidget(ScrollingDock):
         self.revert_button = PushButton(text="Revert", enabled=False,
                                         tooltip="back to the model fine-tuning started from")
         self.plot = TrainingPlot()
+        self._results = button_row(self.save_button, self.revert_button)
         self.set_controls([
             self.model_card, self.image_choice, self.labels_choice, self.axis,
             self.slice_list, button_row(self.goto_button, self.add_button, self.remove_button),
             self.recipe_choice, self.window, self.steps, self.learning_rate, self.batch,
             self.decoder_only, self.device, button_row(self.start_button, self.stop_button),
-            self.progress, self.status])
-        self.form.native.layout().addWidget(self.plot)
-        self._results = [self.use_button, button_row(self.save_button, self.revert_button)]
-        for widget in self._results:
-            self.form.native.layout().addWidget(widget.native)
+            self.progress, self.status],
+            below=[self.plot, self.use_button.native, self._results.native])
 
         self._refresh_timer = QTimer(self.native)  # dies with the widget
         self._refresh_timer.setSingleShot(True)

@@ -83,7 +83,8 @@ class ScrollingDock(Container):
         super().__init__(labels=False)
         self.form: Container | None = None
 
-    def set_controls(self, widgets) -> None:
+    def set_controls(self, widgets, below=()) -> None:
+        """``widgets`` (magicgui) in a form, then ``below`` (Qt widgets), then room to spare."""
         widgets = list(widgets)
         for widget in widgets:
             if isinstance(widget.native, QComboBox):
@@ -92,6 +93,9 @@ class ScrollingDock(Container):
                 widget.native.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
                 widget.native.setMaximumHeight(_LIST_LINES * widget.native.fontMetrics().height())
         self.form = Container(widgets=widgets)
+        for widget in below:
+            self.form.native.layout().addWidget(widget)
+        self.form.native.layout().addStretch()  # rows keep together at the top
         layout = self.native.layout()
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(_VerticalScroll(self.form.native))
