@@ -8,6 +8,7 @@ from qtpy.QtCore import QPoint
 from qtpy.QtWidgets import QFileDialog, QScrollArea
 from scipy import ndimage
 
+from napari_vmunet._napari._segment_widget import RECENT_KEY, settings
 from napari_vmunet.bundled import load_sample
 
 from .conftest import open_with_segment_widget
@@ -85,7 +86,7 @@ def test_a_bad_checkpoint_shows_an_error_and_changes_nothing(widget_and_viewer, 
 
 
 def test_the_chosen_model_stays_chosen_through_every_change_of_the_layer_list(
-        widget_and_viewer, qtbot, monkeypatch, tiny_checkpoint):
+        widget_and_viewer, qtbot, monkeypatch, tiny_checkpoint, tmp_path):
     """napari rebuilds every choice of a docked widget at each change of the layer list: the
     checkpoint the user opened must stay the one Segment and Fine-tune use."""
     widget, viewer = widget_and_viewer
@@ -110,6 +111,15 @@ def test_the_chosen_model_stays_chosen_through_every_change_of_the_layer_list(
     assert widget.image_choice.value is head
     viewer.layers.remove("other")
     still_chosen()
+    # another tiny.safetensors among the recent files (opened in another window, say): the
+    # entry in use is now shown with its folder, and stays chosen
+    twin = tmp_path / "elsewhere" / tiny_checkpoint.name
+    twin.parent.mkdir()
+    twin.write_bytes(tiny_checkpoint.read_bytes())
+    settings().setValue(RECENT_KEY, [str(twin), str(tiny_checkpoint)])
+    viewer.layers.move(len(viewer.layers) - 1, 0)
+    still_chosen()
+    assert widget.model_choice.current_choice == f"tiny.safetensors ({tiny_checkpoint.parent})"
     viewer.add_labels(np.zeros((4, 4), np.uint8), name="paint")
     viewer.layers["paint"].name = "painting"
     viewer.layers.select_all()

@@ -39,11 +39,37 @@ def device_control() -> ComboBox:
     return ComboBox(label="device", choices=["auto", *available_devices()], value="auto")
 
 
-class LayerChoice(ComboBox):
-    """The viewer's layers of one type (napari's ``Image``, ``Labels``), kept in step with the
-    layer list by napari's ``reset_choices``. Its value is the layer itself, so the choice
-    survives the layer being renamed or moved, and changes only when the layer is removed; it
-    may also be set by name."""
+class KeptChoice(ComboBox):
+    """A ComboBox whose value survives ``reset_choices`` (which napari calls at every change of
+    the layer list) while it is still among the choices. magicgui matches entries by their
+    text, so an entry whose text changed (a renamed layer, a file shown with its folder) would
+    lose its place and the first entry be chosen; here ``changed`` fires only when the value
+    really changed."""
+
+    _resetting = False
+
+    def reset_choices(self, *_) -> None:
+        before = self.value
+        # Quiet while the entries are rebuilt, by a flag rather than changed.blocked(): that
+        # would end a caller's own blocking of the signal.
+        self._resetting = True
+        try:
+            super().reset_choices()
+            if before is not None and before in self.choices:
+                self.value = before
+        finally:
+            self._resetting = False
+        if self.value != before:  # (equal, not identical: Qt hands back a new string)
+            self.changed.emit(self.value)
+
+    def _on_value_change(self, value=None) -> None:  # magicgui's: the entry shown changed
+        if not self._resetting:
+            super()._on_value_change(value)
+
+
+class LayerChoice(KeptChoice):
+    """The viewer's layers of one type (napari's ``Image``, ``Labels``). Its value is the layer
+    itself, so the choice survives the layer being renamed or moved; it may be set by name."""
 
     def __init__(self, viewer, kind: type, **kwargs) -> None:
         self._viewer, self._kind = viewer, kind
@@ -62,18 +88,6 @@ class LayerChoice(ComboBox):
         if isinstance(value, str):
             value = self._viewer.layers[value]
         ComboBox.value.fset(self, value)
-
-    def reset_choices(self, *_) -> None:
-        # magicgui matches entries by their text, so a renamed layer would lose its place and
-        # the first layer would be chosen instead: keep the layer, and say "changed" only
-        # when the choice really changed.
-        before = self.value
-        with self.changed.blocked():
-            super().reset_choices()
-            if before is not None and any(before is layer for layer in self.choices):
-                self.value = before
-        if self.value is not before:
-            self.changed.emit(self.value)
 
 
 def button_row(*buttons) -> Container:

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
-    ComboBox,
     FloatSpinBox,
     ProgressBar,
     PushButton,
@@ -30,6 +29,7 @@ from qtpy.QtWidgets import QFileDialog
 from ..bundled import default_checkpoint
 from ..io import Geometry
 from ._controls import (
+    KeptChoice,
     LayerChoice,
     button_row,
     chosen_recipe,
@@ -43,6 +43,7 @@ from ._workers import Workers
 
 BUNDLED = "bundled: T1 brain extraction"
 OPEN = "Open checkpoint…"
+_MODEL_TIP = "the bundled model, a recent file, or a .pth/.safetensors file"
 RECENT_KEY = "segment/recent_checkpoints"
 LAST_KEY = "segment/last_checkpoint"
 MAX_RECENT = 5
@@ -91,9 +92,8 @@ class SegmentWidget(ScrollingDock):
         # The entry of the model in use: kept in the choices whatever napari's reset_choices
         # (at every change of the layer list) rebuilds them from.
         self._entry = BUNDLED
-        self.model_choice = ComboBox(label="model", choices=self._model_entries,
-                                     tooltip="the bundled model, a recent file, or a "
-                                     ".pth/.safetensors file")
+        self.model_choice = KeptChoice(label="model", choices=self._model_entries,
+                                       tooltip=_MODEL_TIP)
         self.model_card = WrappedText("loading…")
         self.image_choice = LayerChoice(viewer, Image, label="image",
                                         tooltip="the Image layer to segment")
@@ -146,9 +146,7 @@ class SegmentWidget(ScrollingDock):
         with self.model_choice.changed.blocked():
             self.model_choice.reset_choices()
             self.model_choice.value = entry
-        self.model_choice.tooltip = (entry if entry not in (BUNDLED, OPEN) else
-                                     "the bundled model, a recent file, or a "
-                                     ".pth/.safetensors file")
+        self.model_choice.tooltip = entry if entry not in (BUNDLED, OPEN) else _MODEL_TIP
 
     def _last_checkpoint(self) -> Path:
         last = settings().value(LAST_KEY, "")
