@@ -32,7 +32,7 @@ import torch
 
 
 def _install_stand_ins() -> None:
-    from napari_vmunet.scan import reference
+    from napari_vmunet.ops.scan import reference
 
     def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                           delta_softplus=False, return_last_state=False):

@@ -86,7 +86,7 @@ def scan_inputs(dtype, requires_grad=False, batch=32, directions=4, channels=192
 
 
 def bench_scan(backend: str, copy_gbs: float, repeats: int) -> dict:
-    from napari_vmunet.scan import selective_scan
+    from napari_vmunet.ops.scan import selective_scan
 
     results = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -114,7 +114,7 @@ def bench_ss2d(copy_gbs: float, repeats: int, batch: int = 32, side: int = 64,
     """The fused four-direction scan (``triton``'s selective_scan_2d) at the same stage-0 shape:
     bytes = the activation and its pixel projections read once, the float32 result written
     once (the least any form of the four-direction scan must move)."""
-    from napari_vmunet.scan import selective_scan_2d
+    from napari_vmunet.ops.scan import selective_scan_2d
 
     g = torch.Generator(device="cuda").manual_seed(0)
     k = 4
@@ -318,7 +318,7 @@ def profile(backend: str, rows: int = 25) -> None:
 
 
 def main(argv=None) -> int:
-    from napari_vmunet.scan import unavailable_reason
+    from napari_vmunet.ops.scan import unavailable_reason
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="triton,mamba")

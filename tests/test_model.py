@@ -124,7 +124,7 @@ def test_scan_backend_can_be_forced_per_model(tiny_model):
 
 
 def test_model_layer_imports_neither_qt_nor_napari():
-    code = ("import sys, napari_vmunet.model, napari_vmunet.checkpoint, napari_vmunet.scan; "
+    code = ("import sys, napari_vmunet.model, napari_vmunet.checkpoint, napari_vmunet.ops.scan; "
             "bad = [m for m in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide6') "
             "if m in sys.modules];"
             "print(bad); sys.exit(1 if bad else 0)")
@@ -175,7 +175,7 @@ def test_fused_layer_norm_and_gate_match_pytorch_on_cuda(channels):
     """The Triton LayerNorm (inference) against nn.LayerNorm, with and without the SiLU gate
     read from a strided half of a wider tensor (as SS2D's z), fp32 and under bf16 autocast
     (both output dtypes)."""
-    from napari_vmunet.model.fused_norm import layer_norm
+    from napari_vmunet.ops.norm import layer_norm
 
     torch.manual_seed(channels)
     norm = torch.nn.LayerNorm(channels).cuda()
@@ -208,7 +208,7 @@ def test_fused_conv_silu_matches_pytorch_on_cuda(shape, channels):
     reading the x half of a wider tensor in place (as SS2D's in_proj output): float32 in
     float32, and under bf16 autocast a float32 result for the scan and a bf16 one for x_proj.
     Sides that are not multiples of the kernel's tiles and a one-pixel image (all padding)."""
-    from napari_vmunet.model.fused_conv import conv_silu
+    from napari_vmunet.ops.conv import conv_silu
 
     torch.manual_seed(channels)
     conv = torch.nn.Conv2d(channels, channels, 3, padding=1, groups=channels).cuda()
@@ -233,7 +233,7 @@ def test_fused_conv_silu_trains_as_pytorch_on_cuda(autocast):
     """With gradients the fused convolution + SiLU gives one result in the dtype PyTorch's
     modules give (bf16 under autocast) and PyTorch's gradients for x (through the view of the
     wider tensor), the weight and the bias."""
-    from napari_vmunet.model.fused_conv import conv_silu
+    from napari_vmunet.ops.conv import conv_silu
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(96, 96, 3, padding=1, groups=96).cuda()
@@ -280,7 +280,7 @@ def test_layer_norm_trains_as_pytorch(device, autocast, gated):
     and F.silu, in float32 and (GPU) under bf16 autocast, where a result that feeds a linear
     layer is written in bf16. The ungated norm takes this path on the GPU only (the CPU keeps
     nn.LayerNorm, whose memory is the same)."""
-    from napari_vmunet.model.fused_norm import layer_norm
+    from napari_vmunet.ops.norm import layer_norm
 
     torch.manual_seed(0)
     norm = torch.nn.LayerNorm(96).to(device)
@@ -319,7 +319,7 @@ def test_linear_float32_keeps_the_products_float32_accumulator(device):
     """Under bf16 autocast on the GPU, SS2D's x_proj gives the float32 accumulator of the bf16
     product, which F.linear would round to bf16 (and the scan widen again); elsewhere, and
     with gradients, it is F.linear as it is."""
-    from napari_vmunet.model.fused_linear import linear_float32
+    from napari_vmunet.ops.linear import linear_float32
 
     torch.manual_seed(0)
     x = torch.randn(2, 8, 12, 192, device=device).bfloat16()
@@ -347,7 +347,7 @@ def test_layer_norm_linear_is_the_head_on_the_norm(device, autocast, outputs):
     """The final expansion's norm with the segmentation head (a 1x1 convolution) on it, one
     kernel in GPU inference: F.linear(norm(x)) in the dtype F.linear gives, for 24 channels
     (config B's last width / 4) and rows that are not a multiple of the kernel's tile."""
-    from napari_vmunet.model.fused_norm import layer_norm_linear
+    from napari_vmunet.ops.norm import layer_norm_linear
 
     torch.manual_seed(outputs)
     norm = torch.nn.LayerNorm(24).to(device)

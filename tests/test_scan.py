@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from napari_vmunet import scan
-from napari_vmunet.scan import reference
+from napari_vmunet.ops import scan
+from napari_vmunet.ops.scan import reference
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 
@@ -146,7 +146,7 @@ def test_a_registered_backend_joins_the_automatic_choice(monkeypatch):
     monkeypatch.setattr(scan, "_REGISTRY", dict(scan._REGISTRY))
     monkeypatch.setattr(scan, "_PREFERENCE", {k: list(v) for k, v in scan._PREFERENCE.items()})
     scan.register_backend(
-        scan.ScanBackend("plain", "napari_vmunet.scan.reference", ("cpu",), "test double"),
+        scan.ScanBackend("plain", "napari_vmunet.ops.scan.reference", ("cpu",), "test double"),
         prefer_on=("cpu",),
     )
     assert scan.resolve_backend("cpu") == "plain"
@@ -161,7 +161,7 @@ def test_kernel_tuning_is_kept_on_disk_where_triton_can(monkeypatch, release_can
     import sys
     import types
 
-    from napari_vmunet._triton import autotune
+    from napari_vmunet.ops.autotune import autotune
 
     calls = []
 
@@ -307,7 +307,7 @@ def _pixel_projection(x, x_proj_weight):
 def test_ss2d_composed_scan_is_the_authors_formulation():
     """Projecting pixels once, then reading them in each direction's order, is the authors'
     einsum over the four reordered copies of the image (their SS2D.forward_core)."""
-    from napari_vmunet.scan.ss2d import selective_scan_2d_composed
+    from napari_vmunet.ops.scan.composed import selective_scan_2d_composed
 
     i = _ss2d_inputs(2, 5, 7, 8, 3, 4, seed=1)
     b, h, w, d = i["x"].shape
@@ -329,21 +329,21 @@ def test_ss2d_composed_scan_is_the_authors_formulation():
 
     got = selective_scan_2d_composed(i["x"], _pixel_projection(i["x"], i["x_proj_weight"]),
                                      i["dt_weight"], i["dt_bias"], i["A"], i["D"],
-                                     backend="reference")
+                                     scan=reference.selective_scan)
     assert relative_error(got, expected) <= 1e-12
 
 
 def _fused_scan_and_reference(batch, height, width, channels, rank, n_state, dtype, seed):
     """The triton backend's fused scan (inference) of random inputs in ``dtype``, float32 on
     the GPU, and the composed scan of the same rounded inputs in float64."""
-    from napari_vmunet.scan.ss2d import selective_scan_2d_composed
+    from napari_vmunet.ops.scan.composed import selective_scan_2d_composed
 
     i = _ss2d_inputs(batch, height, width, channels, rank, n_state, seed=seed)
     proj = _pixel_projection(i["x"], i["x_proj_weight"])
     x, proj = i["x"].to(dtype), proj.to(dtype)
     params = [i[name] for name in ("dt_weight", "dt_bias", "A", "D")]
     expected = selective_scan_2d_composed(x.double(), proj.double(), *params,
-                                          backend="reference")
+                                          scan=reference.selective_scan)
     with torch.no_grad():
         got = scan.selective_scan_2d(x.cuda(), proj.cuda(), *(p.float().cuda() for p in params),
                                      backend="triton")
@@ -363,14 +363,14 @@ def test_triton_fused_ss2d_matches_the_composed_scan(batch, height, width, chann
                                                     n_state, segmented, dtype, tolerance):
     """The fused kernel (inference) against the composed scan in float64, on fp32 and bf16
     inputs (bf16: the float64 reference gets the same rounded inputs)."""
-    from napari_vmunet.scan import triton_ss2d
+    from napari_vmunet.ops.scan import ss2d_triton
 
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
     got, expected = _fused_scan_and_reference(batch, height, width, channels, rank, n_state,
                                               dtype, seed=height * width)
     assert relative_error(got.cpu(), expected) <= tolerance
-    assert (triton_ss2d._segments(batch, channels, height * width) > 1) == segmented
+    assert (ss2d_triton.segments(batch, channels, height * width) > 1) == segmented
 
 
 @pytest.mark.gpu
@@ -385,15 +385,15 @@ def test_triton_forward_with_the_dt_product_matches_the_composed_scan(
     """The Triton forward reading dt_weight @ dt_low from one matrix product made before it
     (inference at config B's stages 1-3), forced onto every shape: against the composed scan
     in float64; under bf16 autocast the product is bf16, as the authors' einsum."""
-    from napari_vmunet.scan import triton_ss2d
+    from napari_vmunet.ops.scan import ss2d_triton
 
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
-    monkeypatch.setattr(triton_ss2d, "_takes_dt_product",
+    monkeypatch.setattr(ss2d_triton, "_takes_dt_product",
                         lambda rank, n_segments, checkpoint_every, device: not checkpoint_every)
     products = []
-    product = triton_ss2d._dt_product
-    monkeypatch.setattr(triton_ss2d, "_dt_product",
+    product = ss2d_triton._dt_product
+    monkeypatch.setattr(ss2d_triton, "_dt_product",
                         lambda *a: products.append(out := product(*a)) or out)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         got, expected = _fused_scan_and_reference(batch, height, width, channels, rank,
@@ -413,19 +413,19 @@ def test_gluon_fused_forward_matches_the_composed_scan(batch, height, width, cha
                                                        n_state, dtype, tolerance, monkeypatch):
     """The Gluon forward kernel (inference), forced onto shapes the Triton one would scan, and
     over the whole L: against the composed scan in float64, on fp32 and bf16 inputs."""
-    from napari_vmunet.scan import gluon_ss2d, triton_ss2d
+    from napari_vmunet.ops.scan import ss2d_gluon, ss2d_triton
 
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
-    monkeypatch.setattr(gluon_ss2d, "_failure", None)
-    monkeypatch.setattr(gluon_ss2d, "_FORWARD_MIN_LENGTH", 0)
-    monkeypatch.setattr(triton_ss2d, "_segments", lambda *args: 1)
+    monkeypatch.setattr(ss2d_gluon, "_failure", None)
+    monkeypatch.setattr(ss2d_gluon, "_FORWARD_MIN_LENGTH", 0)
+    monkeypatch.setattr(ss2d_triton, "segments", lambda *args: 1)
     launches = []
-    launch = gluon_ss2d.forward
-    monkeypatch.setattr(gluon_ss2d, "forward", lambda *a: launches.append(1) or launch(*a))
+    launch = ss2d_gluon.forward
+    monkeypatch.setattr(ss2d_gluon, "forward", lambda *a: launches.append(1) or launch(*a))
     got, expected = _fused_scan_and_reference(batch, height, width, channels, rank, n_state,
                                               dtype, seed=channels)
-    assert launches and gluon_ss2d._failure is None  # the Gluon kernel built and ran
+    assert launches and ss2d_gluon._failure is None  # the Gluon kernel built and ran
     assert relative_error(got.cpu(), expected) <= tolerance
 
 
@@ -444,19 +444,19 @@ def test_triton_fused_ss2d_gradients_match_the_composed_scan(batch, height, widt
     steps' kept in its scratch; Triton elsewhere), each after its own forward kernel, which
     keeps the checkpoints the backward starts from: gradients of x, the pixel projections and
     all four parameters against autograd through the composed scan in float64."""
-    from napari_vmunet.scan import gluon_ss2d
-    from napari_vmunet.scan.ss2d import selective_scan_2d_composed
+    from napari_vmunet.ops.scan import ss2d_gluon
+    from napari_vmunet.ops.scan.composed import selective_scan_2d_composed
 
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
-    monkeypatch.setattr(gluon_ss2d, "_failure", None)
+    monkeypatch.setattr(ss2d_gluon, "_failure", None)
     if kernel == "triton":
-        monkeypatch.setattr(gluon_ss2d, "usable", lambda *args: False)
+        monkeypatch.setattr(ss2d_gluon, "usable", lambda *args: False)
     else:  # the test must run the Gluon kernel, where the package would
-        assert gluon_ss2d.usable(rank, n_state, 32, torch.device("cuda"))
+        assert ss2d_gluon.usable(rank, n_state, 32, torch.device("cuda"))
         even = kernel == "gluon-even-states"  # these small shapes would keep every state
-        monkeypatch.setattr(gluon_ss2d, "keeps_even_states_only", lambda *args: even)
-        monkeypatch.setattr(gluon_ss2d, "_FORWARD_MIN_LENGTH", 0)  # and walk too short a way
+        monkeypatch.setattr(ss2d_gluon, "keeps_even_states_only", lambda *args: even)
+        monkeypatch.setattr(ss2d_gluon, "_FORWARD_MIN_LENGTH", 0)  # and walk too short a way
     i = _ss2d_inputs(batch, height, width, channels, rank, n_state, seed=channels)
     proj = _pixel_projection(i["x"], i["x_proj_weight"])
     inputs = [i["x"].to(dtype), proj.to(dtype)] + [i[k] for k in ("dt_weight", "dt_bias", "A",
@@ -465,7 +465,7 @@ def test_triton_fused_ss2d_gradients_match_the_composed_scan(batch, height, widt
                            dtype=torch.float64)
     exact = [t.double().requires_grad_() for t in inputs]
     expected = torch.autograd.grad(
-        selective_scan_2d_composed(*exact, backend="reference"), exact, grad_out)
+        selective_scan_2d_composed(*exact, scan=reference.selective_scan), exact, grad_out)
     ours = [t.float().cuda() if t.dtype == torch.float64 else t.cuda() for t in inputs]
     ours = [t.requires_grad_() for t in ours]
     got = torch.autograd.grad(scan.selective_scan_2d(*ours, backend="triton"), ours,
@@ -474,17 +474,17 @@ def test_triton_fused_ss2d_gradients_match_the_composed_scan(batch, height, widt
     for name, g, e, t in zip(names, got, expected, ours, strict=True):
         assert g.dtype == t.dtype, name
         assert relative_error(g.double().cpu(), e) <= tolerance, name
-    assert gluon_ss2d._failure is None  # the Gluon kernel built and ran: no fallback
+    assert ss2d_gluon._failure is None  # the Gluon kernel built and ran: no fallback
 
 
 def test_the_gluon_backward_keeps_even_states_only_where_its_scratch_leaves_l2():
     """The rule, with an H100's 132 SMs and 50 MiB of L2 and 32 KiB of scratch a program (32
     states of 16 x 16): the shapes it was measured at (benchmarks/RESULTS.md)."""
-    from napari_vmunet.scan import gluon_ss2d
+    from napari_vmunet.ops.scan import ss2d_gluon
 
     def even(batch, channels):
         programs = batch * 4 * channels // 16
-        return gluon_ss2d.keeps_even_states_only(programs, 32 * 1024, 132, 50 * 2**20)
+        return ss2d_gluon.keeps_even_states_only(programs, 32 * 1024, 132, 50 * 2**20)
 
     # a 256² batch of 32, stages 0-2 (192, 384, 768 channels): 0.71-0.87 of the time
     assert even(32, 192) and even(32, 384) and even(32, 768)
@@ -497,11 +497,11 @@ def test_the_gluon_backward_keeps_even_states_only_where_its_scratch_leaves_l2()
 def test_a_gluon_kernel_that_fails_to_build_falls_back_to_triton(kernel, monkeypatch):
     """If Triton's experimental Gluon cannot build a kernel (a release changed its API),
     training goes on with the Triton kernels, says so once, and its gradients are the same."""
-    from napari_vmunet.scan import gluon_ss2d
+    from napari_vmunet.ops.scan import ss2d_gluon
 
     if scan.unavailable_reason("triton", "cuda"):
         pytest.skip(scan.unavailable_reason("triton", "cuda"))
-    monkeypatch.setattr(gluon_ss2d, "_FORWARD_MIN_LENGTH", 0)  # the Gluon forward runs too
+    monkeypatch.setattr(ss2d_gluon, "_FORWARD_MIN_LENGTH", 0)  # the Gluon forward runs too
     i = _ss2d_inputs(2, 16, 24, 96, 6, 16, seed=3)
     proj = _pixel_projection(i["x"], i["x_proj_weight"])
     inputs = [t.float().cuda().requires_grad_() for t in (
@@ -512,17 +512,17 @@ def test_a_gluon_kernel_that_fails_to_build_falls_back_to_triton(kernel, monkeyp
         return torch.autograd.grad(scan.selective_scan_2d(*inputs, backend="triton"), inputs,
                                    grad_out)
 
-    monkeypatch.setattr(gluon_ss2d, "_failure", None)
+    monkeypatch.setattr(ss2d_gluon, "_failure", None)
     expected = gradients()  # the Gluon kernels
-    assert gluon_ss2d._failure is None
+    assert ss2d_gluon._failure is None
 
     def broken(*args):
         raise RuntimeError("an API this kernel uses is gone")
 
-    monkeypatch.setattr(gluon_ss2d, kernel, broken)
+    monkeypatch.setattr(ss2d_gluon, kernel, broken)
     with pytest.warns(RuntimeWarning, match="Triton ones are used instead.*API this kernel uses"):
         got = gradients()
-    assert "RuntimeError" in gluon_ss2d._failure
-    assert not gluon_ss2d.usable(6, 16, 32, torch.device("cuda"))  # not tried again
+    assert "RuntimeError" in ss2d_gluon._failure
+    assert not ss2d_gluon.usable(6, 16, 32, torch.device("cuda"))  # not tried again
     for g, e in zip(got, expected, strict=True):
         assert relative_error(g.double().cpu(), e.double().cpu()) <= 1e-5

@@ -24,7 +24,7 @@ _LAZY = {
     "PRESETS": "napari_vmunet.model.config",
     "infer_config": "napari_vmunet.model.config",
     "build_model": "napari_vmunet.model",
-    "selective_scan": "napari_vmunet.scan",
+    "selective_scan": "napari_vmunet.ops.scan",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -20,7 +20,7 @@ def environment_report() -> list[str]:
     import torch
 
     from . import __version__
-    from .scan import ENV_VAR, backend_report, resolve_backend
+    from .ops.scan import ENV_VAR, backend_report, resolve_backend
 
     lines = [
         f"napari-vmunet {__version__}",

@@ -21,7 +21,7 @@ _lock = threading.Lock()
 def warm_up(training: bool = False) -> None:
     """Load the CPU scan kernels (forward; with ``training`` also backward and the optimizer
     machinery). Cheap after the first call in a process."""
-    from ..scan import selective_scan, unavailable_reason
+    from ..ops.scan import selective_scan, unavailable_reason
 
     with _lock:
         if training in _done:

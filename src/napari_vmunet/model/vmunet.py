@@ -3,7 +3,7 @@
 Module and parameter names, registration order and initialisation follow JCruan519/VM-UNet
 (``models/vmunet/{vmunet,vmamba}.py``), so ``state_dict()`` has exactly the authors' keys,
 order and shapes and their checkpoints load strictly. What differs is how it runs: the selective
-scan goes through :mod:`napari_vmunet.scan` (CPU, CUDA or mamba-ssm), and inputs whose sides the
+scan goes through :mod:`napari_vmunet.ops.scan` (CPU, CUDA or mamba-ssm), and inputs whose sides the
 network cannot handle get a clear error instead of a shape mismatch deep inside.
 
 Tensors between modules are channels-last (B, H, W, C), as in the original.
@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..scan import resolve_backend, selective_scan_2d
-from ..scan.ss2d import N_DIRECTIONS
+from ..ops.conv import conv_silu
+from ..ops.linear import linear_float32, linear_residual
+from ..ops.norm import layer_norm, layer_norm_linear
+from ..ops.scan import resolve_backend, selective_scan_2d
+from ..ops.scan.composed import N_DIRECTIONS
 from .config import EXPAND, PATCH_SIZE, VMUNetConfig, dt_rank
-from .fused_conv import conv_silu
-from .fused_linear import linear_float32, linear_residual
-from .fused_norm import layer_norm, layer_norm_linear
 
 
 class DropPath(nn.Module):
@@ -120,7 +120,7 @@ class SS2D(nn.Module):
         self.d_state = d_state
         self.d_inner = EXPAND * d_model
         self.dt_rank = dt_rank(d_model)
-        self.scan_backend: str | None = None  # None: automatic, see napari_vmunet.scan
+        self.scan_backend: str | None = None  # None: automatic, see napari_vmunet.ops.scan
         d_inner, k = self.d_inner, N_DIRECTIONS
 
         # Parameters before submodules: this is the authors' state_dict order.
@@ -155,14 +155,14 @@ class SS2D(nn.Module):
 
     def forward(self, x, residual=None, overwrite_residual=False):
         """SS2D(x); with ``residual``, residual + SS2D(x), written over the residual where
-        ``overwrite_residual`` allows (see :func:`.fused_linear.linear_residual`)."""
+        ``overwrite_residual`` allows (see :func:`napari_vmunet.ops.linear.linear_residual`)."""
         x, z = self.in_proj(x).chunk(2, dim=-1)
         # (B, H, W, d_inner): for the scan, and (on the fused GPU path, under autocast) in the
         # autocast dtype for x_proj
         x, x_for_proj = conv_silu(x, self.conv2d)
         k, d = N_DIRECTIONS, self.d_inner
         # x_proj for every pixel once; each direction then reads its pixels in its own order
-        # (float32 for the scan on the GPU, straight from the product: see fused_linear)
+        # (float32 for the scan on the GPU, straight from the product: see ops.linear)
         proj = linear_float32(x_for_proj, self.x_proj_weight.reshape(-1, d)).unflatten(-1, (k, -1))
         y = selective_scan_2d(
             x, proj, self.dt_projs_weight, self.dt_projs_bias.view(k, d),

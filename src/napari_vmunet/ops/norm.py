@@ -10,7 +10,8 @@ In training the norm is one autograd function (:class:`_LayerNorm`) that keeps o
 for the backward: on the GPU its forward is the kernel above and its backward a second kernel
 that recomputes the norm on the way; the gated form takes the same function on the CPU too,
 for the memory. The ungated norms in training on the CPU, and inference on the CPU or without
-Triton, use ``nn.LayerNorm`` (and the gate) as they are; the module's parameters are the same
+Triton, use ``nn.LayerNorm`` (and the gate) as they are, as does everything under
+``NAPARI_VMUNET_SCAN=reference`` (:mod:`.gate`); the module's parameters are the same
 either way, so checkpoints do not notice.
 """
 
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
+
+from .gate import runs_triton
 
 try:
     import triton
@@ -115,7 +118,7 @@ def _kernels_take(norm: nn.LayerNorm) -> bool:
 
 def _fused_applies(x: torch.Tensor, norm: nn.LayerNorm) -> bool:
     """Inference through the forward kernel."""
-    if triton is None or not x.is_cuda or not _kernels_take(norm):
+    if not runs_triton(x) or not _kernels_take(norm):
         return False
     return not (torch.is_grad_enabled() and (x.requires_grad or norm.weight.requires_grad))
 
@@ -126,7 +129,7 @@ def _trains(x: torch.Tensor, norm: nn.LayerNorm, gate: torch.Tensor | None) -> b
         return False
     if not any(t is not None and t.requires_grad for t in (x, gate, norm.weight, norm.bias)):
         return False
-    return gate is not None or (triton is not None and x.is_cuda)
+    return gate is not None or runs_triton(x)
 
 
 def _out_dtype(x: torch.Tensor, feeds_matmul: bool) -> torch.dtype:
@@ -181,7 +184,7 @@ class _LayerNorm(torch.autograd.Function):
     def forward(ctx, x, gate, weight, bias, eps, out_dtype):
         ctx.save_for_backward(x, gate, weight, bias)
         ctx.eps = eps
-        if triton is not None and x.is_cuda:
+        if runs_triton(x):
             return _launch(x, weight, bias, eps, gate, out_dtype)
         normed = F.layer_norm(x.float(), weight.shape, weight, bias, eps)
         return (normed if gate is None else normed * F.silu(gate.float())).to(out_dtype)
@@ -190,7 +193,7 @@ class _LayerNorm(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         x, gate, weight, bias = ctx.saved_tensors
-        if triton is not None and x.is_cuda:
+        if runs_triton(x):
             return (*_launch_backward(x, gate, weight, bias, ctx.eps, grad), None, None)
         shape = weight.shape
         dgate = None

@@ -1,6 +1,6 @@
 """SS2D's four-direction scan as fused Triton kernels: one forward, one backward.
 
-What the composed form (:mod:`napari_vmunet.scan.ss2d`) does in many passes over
+What the composed form (:mod:`.composed`) does in many passes over
 (B, 4, D, L) tensors — building the four direction sequences, projecting dt to full width,
 casting to float32, scanning, flipping and transposing back and summing — happens here inside
 one kernel that reads the image where it lies:
@@ -29,17 +29,18 @@ cut in segments), and one backward kernel walks each direction back from those c
 (:func:`_ss2d_bwd`): the four directions' gradients are made and merged without the
 (B, 4, D, L) tensors of the composed form ever existing, in about half the memory.
 
-Where Triton's Gluon dialect is usable, :mod:`.gluon_ss2d` computes the backward, and the
-forward where a program walks 4096 steps or more; the kernels here are their fallback.
+Where Triton's Gluon dialect is usable, :mod:`.ss2d_gluon` computes the backward, and the
+forward where a program walks 4096 steps or more; :mod:`.ss2d` chooses, and the kernels here are
+the fallback.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from .._triton import autotune
-from .ss2d import N_DIRECTIONS
+from ..autotune import autotune
+from .composed import N_DIRECTIONS
+from .jit_helpers import next_pixel, pixel_at, previous_pixel, softplus, walk
 
 try:
     import triton
@@ -59,41 +60,6 @@ _MAX_SEGMENTS = 64
 
 
 if triton is not None:
-    from .triton_scan import _softplus
-
-    @triton.jit
-    def _pixel(step, direction, height, width, length):
-        """Row-major index of the pixel a direction reads at ``step`` (a division: used where a
-        walk starts, then :func:`_next_pixel` and :func:`_previous_pixel` step along)."""
-        step = tl.where(direction >= 2, length - 1 - step, step)
-        return tl.where(direction % 2 == 1, (step % height) * width + step // height, step)
-
-    @triton.jit
-    def _walk(step, direction, height, width):
-        """How a direction steps through the image from ``step`` on: where it is along its
-        inner line (a row, or a column for the transposed directions), the line's length, the
-        stride along it and the jump from a line's end to the next line's start."""
-        transposed = direction % 2 == 1
-        sign = tl.where(direction >= 2, -1, 1)
-        inner_count = tl.where(transposed, height, width)
-        inner_stride = tl.where(transposed, width, 1) * sign
-        outer_stride = tl.where(transposed, 1, width) * sign
-        return (step % inner_count, inner_count, inner_stride,
-                outer_stride - inner_count * inner_stride)
-
-    @triton.jit
-    def _next_pixel(pixel, inner, inner_count, inner_stride, wrap_jump):
-        """The pixel (and position along the line) one step further along the direction."""
-        inner += 1
-        wrap = inner == inner_count
-        return pixel + inner_stride + tl.where(wrap, wrap_jump, 0), tl.where(wrap, 0, inner)
-
-    @triton.jit
-    def _previous_pixel(pixel, inner, inner_count, inner_stride, wrap_jump):
-        """The pixel (and position along the line) one step back."""
-        wrap = inner == 0
-        return (pixel - inner_stride - tl.where(wrap, wrap_jump, 0),
-                tl.where(wrap, inner_count - 1, inner - 1))
 
     @triton.jit
     def _channel_parameters(dtw_ptr, bias_ptr, A_ptr, D_ptr, direction, d, d_mask, r, n,
@@ -136,7 +102,7 @@ if triton is not None:
         dt_low is the product already), and the argument of the softplus; dt is 0 past the end
         (decay 1, input 0: the state carries)."""
         raw = (dt_low if DT_GIVEN else tl.sum(dt_w * dt_low[:, None], axis=0)) + bias
-        return raw, tl.where(valid, _softplus(raw), 0.0)
+        return raw, tl.where(valid, softplus(raw), 0.0)
 
     @triton.jit
     def _next_state(h, dt, xv, Bv, A2):
@@ -230,21 +196,21 @@ if triton is not None:
         # asynchronous copies in flight while this one computes (the kernel waited on its loads
         # for 41 % of its stall samples without; benchmarks/RESULTS.md).
         at = (stop, x_base, proj_base, channels, d_mask, r, n)
-        inner, count, stride, jump = _walk(start, direction, height, width)
-        pixel = _pixel(start, direction, height, width, length)
+        inner, count, stride, jump = walk(start, direction, height, width)
+        pixel = pixel_at(start, direction, height, width, length)
         checkpoints = (b * 4 + direction) * tl.cdiv(length, CHECKPOINT) if CHECKPOINT else 0
         checkpoints = checkpoint_ptr + (checkpoints * N + n[:, None]) * channels + d[None, :]
         fours_stop = start + (stop - start) // 4 * 4
         for step in tl.range(start, fours_stop, 4, num_stages=STAGES):
             _keep_checkpoint(h, step, checkpoints, channels, d_mask, N, CHECKPOINT)
             i0 = _step_inputs(step, pixel, *at, R, N, PASS, False, DT_GIVEN, dt_base)
-            pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
+            pixel, inner = next_pixel(pixel, inner, count, stride, jump)
             i1 = _step_inputs(step + 1, pixel, *at, R, N, PASS, False, DT_GIVEN, dt_base)
-            pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
+            pixel, inner = next_pixel(pixel, inner, count, stride, jump)
             i2 = _step_inputs(step + 2, pixel, *at, R, N, PASS, False, DT_GIVEN, dt_base)
-            pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
+            pixel, inner = next_pixel(pixel, inner, count, stride, jump)
             i3 = _step_inputs(step + 3, pixel, *at, R, N, PASS, False, DT_GIVEN, dt_base)
-            pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
+            pixel, inner = next_pixel(pixel, inner, count, stride, jump)
             h, dt_total = _advance(h, dt_total, *i0, dt_w, bias, A2, Dv, y_base, channels, d_mask,
                                    PASS, DT_GIVEN)
             h, dt_total = _advance(h, dt_total, *i1, dt_w, bias, A2, Dv, y_base, channels, d_mask,
@@ -256,7 +222,7 @@ if triton is not None:
         for step in range(fours_stop, stop):
             _keep_checkpoint(h, step, checkpoints, channels, d_mask, N, CHECKPOINT)
             i0 = _step_inputs(step, pixel, *at, R, N, PASS, False, DT_GIVEN, dt_base)
-            pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
+            pixel, inner = next_pixel(pixel, inner, count, stride, jump)
             h, dt_total = _advance(h, dt_total, *i0, dt_w, bias, A2, Dv, y_base, channels, d_mask,
                                    PASS, DT_GIVEN)
         if PASS == 1:
@@ -336,11 +302,11 @@ if triton is not None:
             h = tl.load(checkpoint_ptr + ((run * n_checkpoints + start // CHECKPOINT) * N
                                           + n[:, None]) * channels + d[None, :],
                         mask=d_mask[None, :], other=0.0)
-            inner, count, stride, jump = _walk(start, direction, height, width)
-            pixel = _pixel(start, direction, height, width, length)
+            inner, count, stride, jump = walk(start, direction, height, width)
+            pixel = pixel_at(start, direction, height, width, length)
             _, _, xv, dt_low, Bv, _ = _step_inputs(start, pixel, *at, R, N, 1)
             for i in range(0, CHECKPOINT):
-                pixel, inner = _next_pixel(pixel, inner, count, stride, jump)
+                pixel, inner = next_pixel(pixel, inner, count, stride, jump)
                 _, _, next_x, next_dt_low, next_B, _ = _step_inputs(start + i + 1, pixel, *at,
                                                                     R, N, 1)
                 dt = _dt(start + i < length, dt_low, dt_w, bias)[1]
@@ -348,14 +314,14 @@ if triton is not None:
                 tl.store(scratch + i * N * BLOCK_D, h)
                 xv, dt_low, Bv = next_x, next_dt_low, next_B
             tl.debug_barrier()  # the states are read back below
-            pixel, inner = _previous_pixel(pixel, inner, count, stride, jump)
+            pixel, inner = previous_pixel(pixel, inner, count, stride, jump)
             xv, dt_low, Bv, Cv, dy, h = _backward_step_inputs(
                 start + CHECKPOINT - 1, pixel, CHECKPOINT - 1, *at, dy_base, scratch, R, N,
                 BLOCK_D)
             for j in range(0, CHECKPOINT):
                 i = CHECKPOINT - 1 - j
                 here = pixel
-                pixel, inner = _previous_pixel(pixel, inner, count, stride, jump)
+                pixel, inner = previous_pixel(pixel, inner, count, stride, jump)
                 next_x, next_dt_low, next_B, next_C, next_dy, next_h = _backward_step_inputs(
                     start + i - 1, pixel, i - 1, *at, dy_base, scratch, R, N, BLOCK_D)
                 valid = start + i < length
@@ -390,35 +356,13 @@ if triton is not None:
         tl.atomic_add(dD_ptr + kd, dD_sum, mask=d_mask, sem="relaxed")
 
 
-def _segments(batch: int, channels: int, length: int) -> int:
+def segments(batch: int, channels: int, length: int) -> int:
+    """How many segments the forward cuts L into (1: none) where it keeps no checkpoints."""
     rows = batch * N_DIRECTIONS * channels
     if rows >= _ROWS_TO_FILL_GPU:
         return 1
     wanted = -(-_SEGMENT_ROWS // rows)
     return max(1, min(wanted, _MAX_SEGMENTS, length // _MIN_SEGMENT))
-
-
-def _check(x, proj, dt_weight, A):
-    batch, height, width, _ = x.shape
-    rank, n_state = dt_weight.shape[2], A.shape[2]
-    if proj.shape != (batch, height, width, N_DIRECTIONS, rank + 2 * n_state):
-        raise ValueError(f"proj has shape {tuple(proj.shape)}, expected "
-                         f"{(batch, height, width, N_DIRECTIONS, rank + 2 * n_state)}")
-    if n_state & (n_state - 1) or n_state > 64:
-        raise ValueError(f"the triton scan takes N a power of two up to 64, got {n_state}")
-
-
-def _kernel_params(dt_weight, dt_bias, A, D):
-    """The parameters as the kernels read them: dt_weight and A channels last, (K, R, D) and
-    (K, N, D); dt_bias and D (K, D)."""
-    return (dt_weight.transpose(1, 2).contiguous(), dt_bias.contiguous(),
-            A.transpose(1, 2).contiguous(), D.contiguous())
-
-
-def _sizes(params):
-    """The kernels' R, RP (R rounded up to a power of two) and N, from _kernel_params."""
-    rank, n_state = params[0].shape[1], params[2].shape[1]
-    return dict(R=rank, RP=triton.next_power_of_2(rank), N=n_state)
 
 
 # Where inference makes dt_weight @ dt_low for every pixel with one matrix product before the
@@ -453,33 +397,22 @@ def _dt_product(proj, dt_weight_t):
     return torch.bmm(low, dt_weight_t).view(directions, batch, height, width, -1)
 
 
-def _forward(x, proj, params, checkpoint_every=0):
-    """The fused scan (``params`` from _kernel_params); with ``checkpoint_every`` also the
-    states every that many steps (B * 4, L / checkpoint_every, N, D) for the backward pass
-    (then L is not cut in segments)."""
+def forward(x, proj, params, y, checkpoints, sizes, checkpoint_every):
+    """The fused scan of float32 ``x`` and ``proj`` added into ``y`` (``params`` and ``sizes``
+    as :mod:`.ss2d` prepares them); with ``checkpoint_every``, also the states every that many
+    steps into ``checkpoints`` (then L is not cut in segments)."""
     batch, height, width, channels = x.shape
-    n_state = params[2].shape[1]
+    n_state = sizes["N"]
     length = height * width
-    # x, B, C and the low-rank dt are read in float32: in bf16 every step would unpack 39 values
-    # (a quarter of the kernel's instructions), and a thread's 2-byte x is too small for the
-    # asynchronous copies of the pipelined loop; one cheap pass over each here
-    x, proj = x.float(), proj.float()
-    y = torch.zeros(batch, height, width, channels, device=x.device, dtype=torch.float32)
-    n_segments = 1 if checkpoint_every else _segments(batch, channels, length)
+    n_segments = 1 if checkpoint_every else segments(batch, channels, length)
     segment_length = -(-length // n_segments)
     n_segments = -(-length // segment_length)
-    seg_state = seg_dt = checkpoints = y
+    seg_state = seg_dt = y
     if n_segments > 1:
         runs = batch * N_DIRECTIONS * n_segments
         seg_state = torch.empty(runs, n_state, channels, device=x.device, dtype=torch.float32)
         seg_dt = torch.empty(runs, channels, device=x.device, dtype=torch.float32)
-    if checkpoint_every:
-        checkpoints = torch.empty(batch * N_DIRECTIONS, -(-length // checkpoint_every), n_state,
-                                  channels, device=x.device, dtype=torch.float32)
-    meta = _sizes(params)
-    if n_segments == 1 and _gluon_forward(x, proj, params, y, checkpoints, meta,
-                                          checkpoint_every):
-        return y, checkpoints
+    meta = dict(sizes)
     meta["DT_GIVEN"] = _takes_dt_product(meta["R"], n_segments, checkpoint_every, x.device)
     dt = _dt_product(proj, params[0]) if meta["DT_GIVEN"] else y  # (y: a placeholder, unread)
     args = (x, proj, *params, y, seg_state, seg_dt, checkpoints, dt, height, width, channels,
@@ -492,88 +425,26 @@ def _forward(x, proj, params, checkpoint_every=0):
         _ss2d_fwd[grid](*args, PASS=1, **meta)
     _ss2d_fwd[grid](*args, PASS=2 if n_segments > 1 else 0, CHECKPOINT=checkpoint_every,
                     **meta)
-    return y, checkpoints
 
 
-# Steps between the states the forward pass keeps for the backward (a multiple of 4, the
-# forward's unrolling): fewer steps cost memory (B*4*L/CHECKPOINT states of N x D floats,
-# 200 MB for a 256² batch of 32 at stage 0), more cost scratch per backward program
-# ((CHECKPOINT, N, BLOCK_D) floats, which should stay in L2). Measured on an H100 at that shape
-# (benchmarks/RESULTS.md): 16 channels a program, one warp, 32 steps.
-_CHECKPOINT = 32
-_BWD_BLOCK_D = 16
+# The backward's warps and registers. Registers a thread may use: its one-step-ahead reads take
+# it to ~210, which leaves room for 9 one-warp programs an SM; held to 168 (which the compiler
+# meets without spilling) 12 fit, and the backward is 1.1-1.55x faster than without the reads
+# ahead (1.3x at stage 0), where 210 registers made it slower (H100, benchmarks/RESULTS.md).
 _BWD_WARPS = 1
-# Registers a thread of the backward kernel may use. Its one-step-ahead reads take it to ~210,
-# which leaves room for 9 one-warp programs an SM; held to 168 (which the compiler meets
-# without spilling) 12 fit, and the backward is 1.1-1.55x faster than without the reads ahead
-# (1.3x at stage 0), where 210 registers made it slower (H100, benchmarks/RESULTS.md).
 _BWD_MAX_REGISTERS = 168
 
 
-class _FusedSS2D(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, proj, dt_weight, dt_bias, A, D):
-        x, proj = x.contiguous(), proj.contiguous()
-        params = _kernel_params(dt_weight, dt_bias, A, D)
-        y, checkpoints = _forward(x, proj, params, _CHECKPOINT)
-        ctx.save_for_backward(x, proj, *params, checkpoints)
-        return y
-
-    @staticmethod
-    @once_differentiable  # a clear error for double backward, which the kernel does not do
-    def backward(ctx, dy):
-        x, proj, *params, checkpoints = ctx.saved_tensors
-        batch, height, width, channels = x.shape
-        f32 = {"device": x.device, "dtype": torch.float32}
-        dx = torch.zeros(x.shape, **f32)
-        dproj = torch.zeros(proj.shape, **f32)
-        # the parameters' gradients in the kernels' layout: dt_weight's and A's channels last
-        grads = [torch.zeros(p.shape, **f32) for p in params]
-        sizes = _sizes(params)
-        dy = dy.float().contiguous()
-        if not _gluon_backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes):
-            n_blocks = triton.cdiv(channels, _BWD_BLOCK_D)
-            scratch = torch.empty(batch * N_DIRECTIONS * n_blocks, _CHECKPOINT, sizes["N"],
-                                  _BWD_BLOCK_D, **f32)
-            _ss2d_bwd[(N_DIRECTIONS * n_blocks, batch)](
-                x, proj, *params, dy, checkpoints, scratch, dx, dproj, *grads,
-                height, width, channels, height * width,
-                BLOCK_D=_BWD_BLOCK_D, CHECKPOINT=_CHECKPOINT, num_warps=_BWD_WARPS,
-                maxnreg=_BWD_MAX_REGISTERS, **sizes)
-        ddtw, dbias, dA, dD = (g.to(p.dtype) for g, p in zip(grads, params, strict=True))
-        return (dx.to(x.dtype), dproj.to(proj.dtype), ddtw.transpose(1, 2), dbias,
-                dA.transpose(1, 2), dD)
-
-
-def _gluon_forward(x, proj, params, y, checkpoints, sizes, checkpoint_every):
-    """Runs the Gluon forward kernel (:mod:`.gluon_ss2d`) over the whole L where it is the
-    faster one; False where the Triton one must run instead."""
-    from . import gluon_ss2d  # here: it builds on this module's helpers
-
-    length = x.shape[1] * x.shape[2]
-    if not gluon_ss2d.runs_forward(length, sizes["R"], sizes["N"], checkpoint_every, x.device):
-        return False
-    return gluon_ss2d.launched(gluon_ss2d.forward, x, proj, params, y, checkpoints, sizes,
-                               checkpoint_every)
-
-
-def _gluon_backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes):
-    """Runs the Gluon backward kernel (:mod:`.gluon_ss2d`, faster) where it applies; False
-    where the Triton one must run instead."""
-    from . import gluon_ss2d
-
-    if not gluon_ss2d.usable(sizes["R"], sizes["N"], _CHECKPOINT, x.device):
-        return False
-    return gluon_ss2d.launched(gluon_ss2d.backward, x, proj, params, dy, checkpoints, dx, dproj,
-                               grads, sizes, _BWD_BLOCK_D, _CHECKPOINT)
-
-
-def selective_scan_2d(x, proj, dt_weight, dt_bias, A, D):
-    """Fused SS2D scan; shapes as :func:`napari_vmunet.scan.selective_scan_2d`. With gradients
-    when any input needs them."""
-    _check(x, proj, dt_weight, A)
-    if torch.is_grad_enabled() and any(
-            t.requires_grad for t in (x, proj, dt_weight, dt_bias, A, D)):
-        return _FusedSS2D.apply(x, proj, dt_weight, dt_bias, A, D)
-    params = _kernel_params(dt_weight, dt_bias, A, D)
-    return _forward(x.contiguous(), proj.contiguous(), params)[0]
+def backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes, block_d, checkpoint):
+    """The backward kernel: the gradients added into ``dx``, ``dproj`` and ``grads`` (the
+    parameters' in the kernels' layout), from the states kept every ``checkpoint`` steps;
+    ``block_d`` channels a program."""
+    batch, height, width, channels = x.shape
+    n_blocks = triton.cdiv(channels, block_d)
+    scratch = torch.empty(batch * N_DIRECTIONS * n_blocks, checkpoint, sizes["N"], block_d,
+                          device=x.device, dtype=torch.float32)
+    _ss2d_bwd[(N_DIRECTIONS * n_blocks, batch)](
+        x, proj, *params, dy, checkpoints, scratch, dx, dproj, *grads,
+        height, width, channels, height * width,
+        BLOCK_D=block_d, CHECKPOINT=checkpoint, num_warps=_BWD_WARPS,
+        maxnreg=_BWD_MAX_REGISTERS, **sizes)

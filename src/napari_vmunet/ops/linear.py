@@ -8,8 +8,9 @@ in the same kernel (PyTorch's ``mm``/``addmm`` with ``out_dtype``), which drops 
 (256² batch 32 on an H100: x_proj 0.24 ms a forward pass, benchmarks/RESULTS.md) and rounds
 one time fewer.
 
-This is for GPU inference under autocast. Training, the CPU, and a PyTorch without these
-operators run the layers as before; the parameters are the same either way.
+This is for GPU inference under autocast. Training, the CPU, a PyTorch without these
+operators and ``NAPARI_VMUNET_SCAN=reference`` (:mod:`.gate`) run the layers as before; the
+parameters are the same either way.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .gate import plain_pytorch
+
 _mm_to = getattr(torch.ops.aten.mm, "dtype", None)  # PyTorch >= 2.8
 _addmm_into = getattr(torch.ops.aten.addmm, "dtype_out", None)
 
 
 def _low_precision(x: torch.Tensor, *params: torch.Tensor) -> torch.dtype | None:
     """The autocast dtype where the float32-writing products apply to ``x``, else None."""
-    if _mm_to is None or not x.is_cuda or not torch.is_autocast_enabled("cuda"):
+    if (_mm_to is None or not x.is_cuda or not torch.is_autocast_enabled("cuda")
+            or plain_pytorch()):
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)):
         return None  # these operators have no backward

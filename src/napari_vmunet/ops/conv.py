@@ -9,9 +9,9 @@ and, under autocast, the same values in the autocast dtype for x_proj's matrix p
 
 In training the same kernel writes the result once, in the dtype PyTorch's modules would give,
 and the backward is PyTorch's (convolution recomputed, so neither an input copy nor the
-convolution's output is kept). The CPU and machines without Triton use ``nn.Conv2d`` and
-``F.silu`` as they are; the module's parameters are the same either way, so checkpoints do not
-notice.
+convolution's output is kept). The CPU, machines without Triton and
+``NAPARI_VMUNET_SCAN=reference`` (:mod:`.gate`) use ``nn.Conv2d`` and ``F.silu`` as they
+are; the module's parameters are the same either way, so checkpoints do not notice.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .._triton import autotune
+from .autotune import autotune
+from .gate import runs_triton
 
 try:
     import triton
@@ -74,7 +75,7 @@ if triton is not None:
 
 
 def _fused_applies(x: torch.Tensor, conv: nn.Conv2d) -> bool:
-    if triton is None or not x.is_cuda or x.stride(-1) != 1 or conv.bias is None:
+    if not runs_triton(x) or x.stride(-1) != 1 or conv.bias is None:
         return False
     if (conv.kernel_size, conv.padding, conv.stride, conv.dilation) != ((3, 3), (1, 1), (1, 1),
                                                                         (1, 1)):

@@ -10,8 +10,10 @@ argument or the ``NAPARI_VMUNET_SCAN`` environment variable:
   builds of torch; nothing is compiled at install time), and fused SS2D kernels; first on CUDA.
 - ``mamba``: mamba-ssm's CUDA kernel, when the optional package imports.
 
-``selective_scan_2d`` is VM-UNet's four-direction scan of an image (:mod:`.ss2d`): composed
-from ``selective_scan`` on any backend, or one fused kernel where the backend has one.
+``selective_scan_2d`` is VM-UNet's four-direction scan of an image: composed from the backend's
+``selective_scan`` (:mod:`.composed`), or one fused kernel where the backend has one
+(:mod:`.ss2d`). ``NAPARI_VMUNET_SCAN=reference`` also turns off the norm's, the convolution's and
+the products' kernels (:mod:`napari_vmunet.ops.gate`): the whole model in plain PyTorch.
 
 Backends are imported only when first used, and new ones (a GPU kernel) join through
 :func:`register_backend` without touching the model.
@@ -26,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-ENV_VAR = "NAPARI_VMUNET_SCAN"
+from ..gate import SCAN_ENV_VAR as ENV_VAR
+from .composed import selective_scan_2d_composed
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,8 @@ _REGISTRY: dict[str, ScanBackend] = {}
 # Automatic choice per device type, best first. Names not registered are skipped, so a backend
 # can be listed before it exists.
 _PREFERENCE: dict[str, list[str]] = {
-    # Ours first: with the fused SS2D kernels the model infers ~5x and trains ~2.5x faster
-    # than the authors' code on mamba-ssm's kernel (benchmarks/RESULTS.md), compiling nothing.
+    # Ours first: with the fused SS2D kernels the model infers and trains faster than the
+    # authors' code on mamba-ssm's kernel (benchmarks/RESULTS.md, "GPU"), compiling nothing.
     "cuda": ["triton", "mamba", "reference"],
     "cpu": ["cpu", "reference"],
 }
@@ -77,7 +80,7 @@ register_backend(ScanBackend(
 ))
 register_backend(ScanBackend("cpu", f"{__name__}.cpu", ("cpu",), "compiled CPU kernel (numba)"))
 register_backend(ScanBackend("mamba", f"{__name__}.mamba", ("cuda",), "mamba-ssm's CUDA kernel"))
-register_backend(ScanBackend("triton", f"{__name__}.triton_scan", ("cuda",),
+register_backend(ScanBackend("triton", f"{__name__}.triton_backend", ("cuda",),
                              "Triton kernels (no compiler needed)"))
 
 
@@ -146,18 +149,18 @@ def selective_scan_2d(
     backend: str | None = None,
 ) -> torch.Tensor:
     """SS2D's scan: the four directions of ``x`` (B, H, W, D) scanned and summed, (B, H, W, D)
-    float32. Shapes of the parameters in :mod:`napari_vmunet.scan.ss2d`.
+    float32. Shapes of the parameters in :mod:`.composed`.
 
     A backend's fused kernel (forward and backward) is used where it has one; elsewhere the
     composed form runs on the backend's 1D scan.
     """
-    from .ss2d import selective_scan_2d_composed
-
     name = resolve_backend(x.device, backend)
-    fused = getattr(_load(name)[0], "selective_scan_2d", None)
+    module = _load(name)[0]
+    fused = getattr(module, "selective_scan_2d", None)
     if fused is not None:
         return fused(x, proj, dt_weight, dt_bias, A, D)
-    return selective_scan_2d_composed(x, proj, dt_weight, dt_bias, A, D, backend=name)
+    return selective_scan_2d_composed(x, proj, dt_weight, dt_bias, A, D,
+                                      scan=module.selective_scan)
 
 
 def backend_report(device: torch.device | str) -> list[tuple[str, str, str | None]]:

@@ -1,7 +1,7 @@
 """The fused SS2D scan's kernels written in Gluon, Triton's layout-explicit dialect: the
 backward, and the forward where a program walks a long way.
 
-The backward computes what :func:`napari_vmunet.scan.triton_ss2d._ss2d_bwd` computes, with the same
+The backward computes what :func:`.ss2d_triton._ss2d_bwd` computes, with the same
 program decomposition (one warp per batch x direction x 16 channels, walking each checkpoint
 interval forward to recompute its states, then back), and gets there in ~45 % fewer
 instructions and 0.51-0.84 of the time at config B's stage shapes (H100, benchmarks/RESULTS.md)
@@ -22,7 +22,7 @@ by choosing where the data lies, which Triton decides by itself:
   the time at those shapes; where the buffers fit L2 (batch 8 at stage 0) the extra
   multiplications lengthen each walk's dependent chain and cost more than they save.
 
-The forward computes what :func:`napari_vmunet.scan.triton_ss2d._ss2d_fwd` computes over the
+The forward computes what :func:`.ss2d_triton._ss2d_fwd` computes over the
 whole L (one channel a lane, 32 a program), with the same shared buffers: each interval's inputs
 are copied in while the interval before it is scanned, and its outputs are kept there and added
 to the image once at its end, four channels a 16-byte atomic addition (Triton adds float32 one
@@ -31,7 +31,7 @@ at a time). Where a program walks 4096 steps or more (stage 0 of a 256² batch o
 fast or faster, and where L is cut into segments the Triton kernel runs.
 
 Gluon is experimental in Triton: :func:`usable` admits only the Triton releases these kernels
-were tested on, and :mod:`.triton_ss2d` falls back to its own kernels if one fails to build.
+were tested on, and :mod:`.ss2d` falls back to the Triton kernels if one fails to build.
 """
 
 from __future__ import annotations
@@ -130,16 +130,13 @@ def launched(launch, *args) -> bool:
 
 
 if gluon is not None:
-    from .triton_scan import _softplus as _softplus_triton
-    from .triton_ss2d import _pixel as _pixel_triton
-    from .triton_ss2d import _previous_pixel as _previous_pixel_triton
-    from .triton_ss2d import _walk as _walk_triton
+    from . import jit_helpers
 
-    # the Triton kernels' helpers, compiled as Gluon: the same pixel walk and softplus
-    _softplus = gluon.jit(_softplus_triton.fn)
-    _pixel = gluon.jit(_pixel_triton.fn)
-    _walk = gluon.jit(_walk_triton.fn)
-    _previous_pixel = gluon.jit(_previous_pixel_triton.fn)
+    # the helpers the Triton kernels call, compiled as Gluon: the same pixel walk and softplus
+    _softplus = gluon.jit(jit_helpers.softplus.fn)
+    _pixel = gluon.jit(jit_helpers.pixel_at.fn)
+    _walk = gluon.jit(jit_helpers.walk.fn)
+    _previous_pixel = gluon.jit(jit_helpers.previous_pixel.fn)
 
     @gluon.constexpr_function
     def _per_channel(rows, channels):
@@ -550,7 +547,7 @@ if gluon is not None:
 
 
 def backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes, block_d, checkpoint):
-    """Launches the kernel (arguments as :class:`.triton_ss2d._FusedSS2D` prepares them for
+    """Launches the kernel (arguments as :class:`.ss2d._FusedSS2D` prepares them for
     its own kernel, which also takes a scratch buffer: this one makes its own, of the size it
     needs)."""
     batch, height, width, channels = x.shape
@@ -575,7 +572,7 @@ def backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes, block_d,
 
 def forward(x, proj, params, y, checkpoints, sizes, checkpoint):
     """Launches the forward kernel over the whole L, keeping the state every ``checkpoint``
-    steps (0: none) in ``checkpoints``; arguments as :func:`.triton_ss2d._forward` prepares
+    steps (0: none) in ``checkpoints``; arguments as :func:`.ss2d._forward` prepares
     them for its own kernel (x and proj float32, y zeroed)."""
     batch, height, width, channels = x.shape
     n_blocks = triton.cdiv(channels, _FORWARD_BLOCK_D)

@@ -3,9 +3,9 @@
 The image is read in four directions (row-major, column-major, and both reversed), each
 direction is a selective scan with its own parameters, and the four results are put back in
 row-major order and summed. This module builds the four (batch, channels, L) sequences as
-tensors and calls :func:`napari_vmunet.scan.selective_scan` once for all of them; a backend can
-replace the whole thing with a fused kernel that reads the directions straight from the image
-(``selective_scan_2d`` in the backend's module, see :mod:`napari_vmunet.scan.triton_ss2d`).
+tensors and calls a backend's 1D ``selective_scan`` once for all of them; a backend can replace
+the whole thing with a fused kernel that reads the directions straight from the image
+(``selective_scan_2d`` in the backend's module, see :mod:`.ss2d`).
 
 Shapes (K = 4 directions, R = dt rank, N = state size), as :func:`selective_scan_2d` takes them:
 
@@ -19,6 +19,8 @@ The result is (B, H, W, D) float32.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -46,11 +48,10 @@ def _scan_dtype(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def selective_scan_2d_composed(x, proj, dt_weight, dt_bias, A, D, *, backend=None):
-    """The four directions as tensors, one 1D scan call on ``backend``, the merge: the ground
-    truth for fused kernels, and what runs on backends that have none."""
-    from . import selective_scan
-
+def selective_scan_2d_composed(x, proj, dt_weight, dt_bias, A, D, *, scan: Callable):
+    """The four directions as tensors, one call of the 1D ``scan`` (a backend's
+    ``selective_scan``, positional arguments as mamba's), the merge: the ground truth for fused
+    kernels, and what runs on backends that have none."""
     b, h, w, d = x.shape
     k, length = N_DIRECTIONS, h * w
     rank, n_state = dt_weight.shape[2], A.shape[2]
@@ -61,16 +62,15 @@ def selective_scan_2d_composed(x, proj, dt_weight, dt_bias, A, D, *, backend=Non
     dts, Bs, Cs = torch.split(ps, [rank, n_state, n_state], dim=2)
     dts = torch.einsum("bkrl,kdr->bkdl", dts, dt_weight)
 
-    ys = selective_scan(
+    ys = scan(
         _scan_dtype(xs).reshape(b, k * d, length),
         _scan_dtype(dts).reshape(b, k * d, length),
         _scan_dtype(A).reshape(k * d, n_state),
         _scan_dtype(Bs),
         _scan_dtype(Cs),
         _scan_dtype(D).reshape(-1),
-        delta_bias=_scan_dtype(dt_bias).reshape(-1),
-        delta_softplus=True,
-        backend=backend,
+        _scan_dtype(dt_bias).reshape(-1),
+        True,  # delta_softplus
     ).view(b, k, d, length)
     y = sum(back(ys[:, i], i, h, w) for i in range(k))  # (B, D, H, W)
     return y.permute(0, 2, 3, 1)

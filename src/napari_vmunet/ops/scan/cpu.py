@@ -238,7 +238,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
 
 
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
-    """Same contract as :func:`napari_vmunet.scan.reference.selective_scan`, computed in float32
+    """Same contract as :func:`.reference.selective_scan`, computed in float32
     on the CPU."""
     for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
         if t.device.type != "cpu":

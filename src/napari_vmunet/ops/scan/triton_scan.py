@@ -28,26 +28,14 @@ import os
 
 import torch
 
-from .._triton import autotune
+from ..autotune import autotune
+from .jit_helpers import softplus
 
 try:
     import triton
     import triton.language as tl
-    from triton.language.extra.cuda import libdevice
-except Exception:  # not installed, too old, or broken: unavailable_reason() says so
+except Exception:  # not installed, too old, or broken: the backend says so
     triton = None
-
-
-def unavailable_reason() -> str | None:
-    if triton is None:
-        return ("triton 3.0 or newer is not importable (pip install triton; it comes with CUDA "
-                "builds of torch)")
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible"
-    major, _ = torch.cuda.get_device_capability()
-    if major < 7:
-        return f"needs an NVIDIA GPU of compute capability 7.0 or newer, found {major}.x"
-    return None
 
 
 if triton is not None:
@@ -56,26 +44,6 @@ if triton is not None:
     def _combine(a1, b1, a2, b2):
         # (a1, b1) then (a2, b2): h -> a2 * (a1 * h + b1) + b2
         return a1 * a2, a2 * b1 + b2
-
-    if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter has no libdevice
-        @triton.jit
-        def _fast_log2(x):
-            return tl.log2(x)
-    else:
-        @triton.jit
-        def _fast_log2(x):
-            return libdevice.fast_log2f(x)  # the hardware's (MUFU) log2
-
-    @triton.jit
-    def _softplus(x):
-        # log(1 + e^x) = max(x, 0) + log1p(u), u = e^-|x| in (0, 1]: in a dozen instructions
-        # instead of the ~30 of an exact logf (dt is made at every step of every channel).
-        # log1p(u) is a 5-term series below u = 1/16 (error < u^6/6: 2e-7 relative), above it
-        # the hardware log2 (absolute error 2^-22.6 near 1: < 2e-6 relative).
-        u = tl.exp2(tl.abs(x) * -1.4426950408889634)
-        series = u * (1.0 + u * (-0.5 + u * (0.3333333333 + u * (-0.25 + u * 0.2))))
-        log1p = tl.where(u < 0.0625, series, _fast_log2(1.0 + u) * 0.6931471805599453)
-        return tl.maximum(x, 0.0) + log1p
 
     @triton.jit
     def _program_channels(A_ptr, D_ptr, bias_ptr, GROUP_SIZE, N: tl.constexpr,
@@ -136,7 +104,7 @@ if triton is not None:
             if HAS_BIAS:
                 dt = dt + bias[:, None]
             if SOFTPLUS:
-                dt = _softplus(dt)
+                dt = softplus(dt)
             dt = tl.where(m2, dt, 0.0)  # past the end: decay 1, input 0, the state carries
             Bl = tl.load(B_ptr + b * sb_b + group * sb_g + n[:, None] * sb_n + l[None, :] * sb_l,
                          mask=l_mask[None, :], other=0.0).to(tl.float32)
@@ -185,7 +153,7 @@ if triton is not None:
             u = tl.load(u_row + l * su_l, mask=d_mask, other=0.0).to(tl.float32)
             dt = tl.load(dt_row + l * sdt_l, mask=d_mask, other=0.0).to(tl.float32) + bias
             if SOFTPLUS:
-                dt = _softplus(dt)
+                dt = softplus(dt)
             Bl = tl.load(b_col + l * sb_l).to(tl.float32)
             Cl = tl.load(c_col + l * sc_l).to(tl.float32)
             h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bl[None, :]
@@ -225,7 +193,7 @@ if triton is not None:
                           other=0.0).to(tl.float32) + bias[:, None]
             dt = raw
             if SOFTPLUS:
-                dt = _softplus(raw)
+                dt = softplus(raw)
             dt = tl.where(m2, dt, 0.0)
             # dt one position later, for the decay that carries g back: exp(dt_{l+1} A)
             l1 = l + 1
@@ -234,7 +202,7 @@ if triton is not None:
                             mask=m2n, other=0.0).to(tl.float32) + bias[:, None]
             dt_n = raw_n
             if SOFTPLUS:
-                dt_n = _softplus(raw_n)
+                dt_n = softplus(raw_n)
             dt_n = tl.where(m2n, dt_n, 0.0)
             Bl = tl.load(B_ptr + b * sb_b + group * sb_g + n[:, None] * sb_n + l[None, :] * sb_l,
                          mask=l_mask[None, :], other=0.0).to(tl.float32)
@@ -399,11 +367,3 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Fa
     need_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias))
     return _SelectiveScan.apply(u, delta, A, B, C, D, delta_bias, delta_softplus, need_grad)
-
-
-def selective_scan_2d(x, proj, dt_weight, dt_bias, A, D):
-    """SS2D's four directions in fused kernels, forward and backward: :mod:`.triton_ss2d`,
-    which builds on this module's helpers."""
-    from .triton_ss2d import selective_scan_2d as fused
-
-    return fused(x, proj, dt_weight, dt_bias, A, D)
