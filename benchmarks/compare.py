@@ -57,6 +57,27 @@ def _seconds(fn, repeats: int, device: str) -> float:
     return _median_seconds(fn, repeats, warmup=2)[0]
 
 
+def _training_names():
+    """The training names of whichever version is imported: the engine split training into a
+    package (engine/training/) in December 2026; a baseline from before has one module."""
+    from types import SimpleNamespace
+
+    try:
+        from napari_vmunet.engine.training.data import SliceSet
+        from napari_vmunet.engine.training.losses import segmentation_loss
+        from napari_vmunet.engine.training.settings import TrainingSettings
+        from napari_vmunet.engine.training.trainer import Trainer
+    except ImportError:
+        from napari_vmunet.engine.training import (
+            SliceSet,
+            Trainer,
+            TrainingSettings,
+            segmentation_loss,
+        )
+    return SimpleNamespace(SliceSet=SliceSet, Trainer=Trainer, TrainingSettings=TrainingSettings,
+                           segmentation_loss=segmentation_loss)
+
+
 def _model(device: str):
     import torch
 
@@ -103,7 +124,7 @@ def _inference(device: str, repeats: int, logits_path: Path) -> dict:
 def _training(device: str, repeats: int) -> dict:
     import torch
 
-    from napari_vmunet.engine.training import segmentation_loss
+    segmentation_loss = _training_names().segmentation_loss
 
     model = _model(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -139,7 +160,8 @@ def _trainer_steps(model, x, labels, repeats: int) -> dict:
 
     import torch
 
-    from napari_vmunet.engine.training import SliceSet, Trainer, TrainingSettings
+    names = _training_names()
+    SliceSet, Trainer, TrainingSettings = names.SliceSet, names.Trainer, names.TrainingSettings
 
     results = {}
     for batch in (32, 8):

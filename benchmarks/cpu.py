@@ -60,8 +60,8 @@ def main(argv=None) -> int:
 
     import numba
 
-    from napari_vmunet import scan
     from napari_vmunet.model import build_model
+    from napari_vmunet.ops import scan
 
     torch.manual_seed(0)
     results: dict[str, dict] = {}

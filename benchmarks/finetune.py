@@ -42,22 +42,19 @@ def _sync(device):
 
 
 def train_base(args, device):
-    from napari_vmunet.engine.training import (
-        SliceSet,
-        Trainer,
-        TrainingDone,
-        TrainingSettings,
-        split_slices,
-        volume_slices,
-    )
+    from napari_vmunet.engine.events import TrainingDone
+    from napari_vmunet.engine.training.data import SliceSet, split_slices, volume_slices
+    from napari_vmunet.engine.training.settings import TrainingSettings
+    from napari_vmunet.engine.training.trainer import Trainer
     from napari_vmunet.io import read_image
-    from napari_vmunet.model import VMUNet, VMUNetConfig
+    from napari_vmunet.model import PRESETS, VMUNet
+    from napari_vmunet.model.info import ModelInfo
     from napari_vmunet.recipes import RECIPES
 
     recipe = RECIPES["mri"]
     image, mask = read_image(args.train_image), read_image(args.train_mask)
     torch.manual_seed(0)
-    model = VMUNet(VMUNetConfig(dims=(48, 96, 192, 384))).to(device)
+    model = VMUNet(PRESETS["small"]).to(device)
     data = SliceSet.concat([volume_slices(image.data, (mask.data > 0).astype(np.int64),
                                           (0, 1, 2), recipe, 32, device, args.size)])
     train_idx, val_idx = split_slices(range(len(data)), 0, 0.1)
@@ -70,7 +67,7 @@ def train_base(args, device):
         if isinstance(event, TrainingDone):
             print(f"base model: {event.steps_run} steps in {time.perf_counter() - start:.0f} s "
                   f"on {Path(args.train_image).name}, validation Dice {event.best_dice:.4f}")
-    model.recipe = recipe.to_dict()
+    model.info = ModelInfo(recipe)
     if args.save_base:
         from napari_vmunet.checkpoint import save_checkpoint
 
@@ -84,7 +81,9 @@ def train_base(args, device):
 def usefulness(args, device):
     from napari_vmunet.checkpoint import load_checkpoint
     from napari_vmunet.engine import Segmenter
-    from napari_vmunet.engine.training import FineTuner, TrainingDone, TrainingSettings
+    from napari_vmunet.engine.events import TrainingDone
+    from napari_vmunet.engine.training.finetuner import FineTuner
+    from napari_vmunet.engine.training.settings import TrainingSettings
     from napari_vmunet.io import read_image
 
     base = load_checkpoint(args.base).to(device) if args.base else train_base(args, device)
@@ -122,7 +121,7 @@ def usefulness(args, device):
 
 
 def throughput(args, device):
-    from napari_vmunet.engine.training import segmentation_loss
+    from napari_vmunet.engine.training.losses import segmentation_loss
     from napari_vmunet.model import build_model
 
     x = torch.randn(32, 3, 256, 256, device=device)

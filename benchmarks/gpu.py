@@ -151,7 +151,7 @@ def bench_model(model, logits, repeats: int, reference_outputs: dict | None = No
     """Latency, throughput, a bf16 training step and its peak memory of ``model``;
     ``logits(x)`` is its forward returning logits (the same for every model compared)."""
     from napari_vmunet.engine.cuda_graphs import GraphedForward
-    from napari_vmunet.engine.training import segmentation_loss
+    from napari_vmunet.engine.training.losses import segmentation_loss
 
     model = model.cuda().eval()
     results = {}
@@ -214,7 +214,7 @@ def bench_graphed_training(model, logits, x, labels, repeats: int) -> dict:
     """The same training step as our Trainer runs it on CUDA: fused AdamW (its learning rate a
     tensor), replayed as one CUDA graph (``engine.cuda_graphs.GraphedStep``)."""
     from napari_vmunet.engine.cuda_graphs import GraphedStep
-    from napari_vmunet.engine.training import segmentation_loss
+    from napari_vmunet.engine.training.losses import segmentation_loss
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-4, device="cuda"),
                                   fused=True)
@@ -267,8 +267,8 @@ def authors(repo: str, state_dict):
 
 
 def nnunet_2d():
-    """nnU-Net's 2D PlainConvUNet, the 7-stage 32-512 configuration of PERF_BASELINE.md
-    (package dynamic-network-architectures)."""
+    """nnU-Net's 2D PlainConvUNet in the 7-stage 32-512 configuration nnU-Net plans for 256²
+    images (package dynamic-network-architectures)."""
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     nn = torch.nn
@@ -285,7 +285,7 @@ def profile(backend: str, rows: int = 25) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from napari_vmunet.engine.training import segmentation_loss
+    from napari_vmunet.engine.training.losses import segmentation_loss
 
     model, logits = ours(backend)
     model = model.cuda().eval()

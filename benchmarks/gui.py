@@ -66,6 +66,17 @@ def stall_summary(stalls: list[dict]) -> str:
             f"{max(s['p99_ms'] for s in stalls):.0f} ms")
 
 
+def run_in_widget(app, widget, beat, keep) -> tuple[list, dict]:
+    """Start the widget's run as a user's click does; the events of its worker that ``keep``
+    picks, and the GUI stalls while it ran."""
+    kept = []
+    widget.start()
+    beat.start()
+    widget.worker.yielded.connect(lambda e: kept.append(e) if keep(e) else None)
+    wait(app, lambda: widget.worker is None)
+    return kept, beat.stop()
+
+
 def stop_latency(app, widget, stop, after_progress: int, repeats: int) -> str:
     """Seconds from ``stop()`` (Cancel/Stop) to the widget's worker having finished, once its
     progress bar has reached ``after_progress``."""
@@ -87,7 +98,9 @@ def main(argv=None) -> int:
 
     from napari_vmunet.bundled import load_sample
     from napari_vmunet.engine import Segmenter
-    from napari_vmunet.engine.training import FineTuner, TrainingSettings, TrainingStep
+    from napari_vmunet.engine.events import SegmentationDone, TrainingStep
+    from napari_vmunet.engine.training.finetuner import FineTuner
+    from napari_vmunet.engine.training.settings import TrainingSettings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -112,15 +125,10 @@ def main(argv=None) -> int:
     head, _ = load_sample("t1-head")
     worker_s, direct_s, stalls = [], [], []
     for _ in range(args.repeats):
-        done = []
-        segment.start()
-        beat.start()
-        segment.worker.yielded.connect(
-            lambda e, done=done: done.append(e.seconds)
-            if type(e).__name__ == "SegmentationDone" else None)
-        wait(app, lambda: segment.worker is None)
-        stalls.append(beat.stop())
-        worker_s.append(done[0])
+        done, stall = run_in_widget(app, segment, beat,
+                                    lambda e: isinstance(e, SegmentationDone))
+        stalls.append(stall)
+        worker_s.append(done[0].seconds)
         start = time.perf_counter()
         Segmenter(segment.model, device=args.device).segment(
             head.data, axis=2, spacing=head.geometry.spacing_mm())
@@ -152,13 +160,8 @@ def main(argv=None) -> int:
     wait(app, lambda: not tune._warmer.is_running)  # as while a user paints corrections
     rates_worker, rates_direct, stalls = [], [], []
     for _ in range(args.repeats):
-        steps = []
-        tune.start()
-        beat.start()
-        tune.worker.yielded.connect(
-            lambda e, steps=steps: steps.append(e) if isinstance(e, TrainingStep) else None)
-        wait(app, lambda: tune.worker is None)
-        stalls.append(beat.stop())
+        steps, stall = run_in_widget(app, tune, beat, lambda e: isinstance(e, TrainingStep))
+        stalls.append(stall)
         rates_worker.append(steps[-1].images_per_second)
         settings = TrainingSettings(steps=args.steps, batch_size=tune.batch.value,
                                     learning_rate=tune.learning_rate.value,

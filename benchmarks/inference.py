@@ -198,7 +198,7 @@ def bf16_agreement(args) -> None:
 
     from napari_vmunet.engine import Segmenter
     from napari_vmunet.engine.preprocess import intensity_map, normalise
-    from napari_vmunet.engine.training import segmentation_loss
+    from napari_vmunet.engine.training.losses import segmentation_loss
     from napari_vmunet.io import read_image
     from napari_vmunet.metrics import dice
     from napari_vmunet.model import build_model

@@ -12,9 +12,10 @@ def test_the_default_model_is_small_and_describes_itself():
     path = default_checkpoint()
     assert path.stat().st_size <= 16 * 2**20
     model = load_checkpoint(path)
-    assert model.config.num_classes == 1 and model.class_names == ["brain"]
-    assert model.recipe["name"] == "t1-brain" and model.recipe["pixel_size"] == 1.0
-    assert model.provenance["data"] == ["colin_t1.nii.gz", "mni152_t1.nii.gz", "robex_t1.nii.gz"]
+    assert model.config.num_classes == 1 and model.info.class_names == ("brain",)
+    assert model.info.recipe.name == "t1-brain" and model.info.recipe.pixel_size == 1.0
+    assert model.info.provenance["data"] == ["colin_t1.nii.gz", "mni152_t1.nii.gz",
+                                             "robex_t1.nii.gz"]
 
 
 def test_samples_load_with_their_geometry_and_stay_small():

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from napari_vmunet.checkpoint import (
     save_checkpoint,
 )
 from napari_vmunet.model import PRESETS, VMUNet, VMUNetConfig
+from napari_vmunet.recipes import RECIPES
 
 
 def _same_output(a, b, size=32):
@@ -36,7 +38,7 @@ def test_authors_best_pth_with_thop_buffers(tmp_path, tiny_model):
     loaded = load_checkpoint(tmp_path / "best-epoch12-loss0.1.pth")
     assert not loaded.training
     assert loaded.config == tiny_model.config
-    assert loaded.recipe is None
+    assert loaded.info.recipe is None
     assert _same_output(loaded, tiny_model)
 
 
@@ -70,21 +72,49 @@ def test_bare_vssm_state_dict_without_the_wrapper_prefix(tmp_path, tiny_model):
 
 
 def test_safetensors_round_trip_keeps_metadata(tmp_path, tiny_model):
-    recipe = {"name": "mri", "percentiles": [0.5, 99.5]}
-    path = save_checkpoint(tiny_model, tmp_path / "brain.safetensors", recipe=recipe,
+    recipe = replace(RECIPES["mri"], percentiles=(1.0, 99.0))
+    path = save_checkpoint(tiny_model, tmp_path / "brain.safetensors", recipe=recipe.to_dict(),
                            class_names=["brain"], provenance={"slices": [3, 4, 5], "steps": 10})
     loaded = load_checkpoint(path)
     assert loaded.config == tiny_model.config
-    assert loaded.recipe == recipe
-    assert loaded.class_names == ["brain"]
-    assert loaded.provenance["slices"] == [3, 4, 5]
-    assert loaded.provenance["versions"]["torch"] == torch.__version__
+    assert loaded.info.recipe == recipe
+    assert loaded.info.class_names == ("brain",)
+    assert loaded.info.provenance["slices"] == [3, 4, 5]
+    assert loaded.info.provenance["versions"]["torch"] == torch.__version__
     assert _same_output(loaded, tiny_model)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
     # A model saved from a loaded one records its parent.
     child = save_checkpoint(loaded, tmp_path / "child.safetensors")
-    assert load_checkpoint(child).provenance["parent_sha256"] == loaded.checkpoint_sha256
+    assert load_checkpoint(child).info.provenance["parent_sha256"] == loaded.info.sha256
+
+
+def test_a_recipe_that_does_not_hold_up_is_refused_at_save_and_nothing_is_written(
+        tmp_path, tiny_model):
+    target = tmp_path / "lesion.safetensors"
+    with pytest.raises(ValueError, match="recipe 'isic' is not a valid recipe: it has no "
+                       "description and no intensity"):
+        save_checkpoint(tiny_model, target, recipe={"name": "isic"})
+    with pytest.raises(ValueError, match="recipe 'ct' .* window cannot be 'wide'"):
+        save_checkpoint(tiny_model, target, recipe={**RECIPES["ct"].to_dict(), "window": "wide"})
+    with pytest.raises(ValueError, match="2 class names"):
+        save_checkpoint(tiny_model, target, class_names=["background", "lesion"])
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_file_whose_recipe_does_not_hold_up_is_refused_on_load(tmp_path, tiny_model):
+    """A file written by hand (or by another tool) with a broken recipe: one error naming the
+    file and the recipe, not a TypeError when it is used."""
+    from safetensors.torch import save_file
+
+    path = save_checkpoint(tiny_model, tmp_path / "good.safetensors", recipe=RECIPES["isic"])
+    state, _ = read_state_dict(path)
+    raw = {"format": "napari-vmunet", "format_version": "1",
+           "config": json.dumps(tiny_model.config.to_dict()),
+           "recipe": json.dumps({"name": "isic", "threshold": 1.5})}
+    save_file(state, str(tmp_path / "bad.safetensors"), metadata=raw)
+    with pytest.raises(CheckpointError, match="bad.safetensors: recipe 'isic' is not a valid"):
+        load_checkpoint(tmp_path / "bad.safetensors")
 
 
 def test_half_precision_save(tmp_path, tiny_model):
@@ -107,7 +137,7 @@ def test_save_never_replaces_existing_files_or_the_parent(tmp_path, tiny_model):
     parent = save_checkpoint(tiny_model, tmp_path / "parent.safetensors")
     before = parent.read_bytes()
     loaded = load_checkpoint(parent)
-    with pytest.raises(FileExistsError, match="loaded from"):
+    with pytest.raises(FileExistsError, match="the checkpoint this model comes from"):
         save_checkpoint(loaded, parent, overwrite=True)
     assert parent.read_bytes() == before
 

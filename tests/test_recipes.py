@@ -3,7 +3,16 @@
 import pytest
 
 from napari_vmunet.model import PRESETS, VMUNet
-from napari_vmunet.recipes import CT_WINDOWS, RECIPES, Recipe, get_recipe, recipe_for
+from napari_vmunet.model.info import ModelInfo
+from napari_vmunet.recipes import (
+    CT_WINDOWS,
+    RECIPES,
+    Recipe,
+    chosen_recipe,
+    get_recipe,
+    parse_window,
+    recipe_for,
+)
 
 
 def test_the_authors_recipes():
@@ -29,7 +38,7 @@ def test_windows_native_resolution_and_round_trip():
     assert Recipe.from_dict(lung.to_dict()) == lung
     with pytest.raises(ValueError, match="unknown recipe 'dermoscopy'"):
         get_recipe("dermoscopy")
-    with pytest.raises(ValueError, match="unknown CT window 'liver'"):
+    with pytest.raises(ValueError, match="a CT window is LEVEL,WIDTH .* got 'liver'"):
         get_recipe("ct", window="liver")
     with pytest.raises(ValueError, match="width"):
         RECIPES["ct"].with_window(40, 0)
@@ -42,5 +51,25 @@ def test_recipe_for_guesses_from_the_classes_and_says_so():
     assert recipe_for(VMUNet(PRESETS["isic"]))[0].name == "isic"
 
     model = VMUNet(PRESETS["isic"])
-    model.recipe = RECIPES["mri"].to_dict()  # as read from our checkpoint's metadata
+    model.info = ModelInfo.parse(1, RECIPES["mri"].to_dict())  # as read from a checkpoint
     assert recipe_for(model) == (RECIPES["mri"], None)
+
+
+def test_every_recipe_round_trips_and_a_newer_versions_fields_are_left_out():
+    for recipe in RECIPES.values():
+        assert Recipe.from_dict(recipe.to_dict()) == recipe
+    assert Recipe.from_dict({**RECIPES["mri"].to_dict(), "denoise": True}) == RECIPES["mri"]
+
+
+def test_one_resolver_for_the_command_line_and_the_widgets():
+    """What --recipe/--window and the widgets' two choices give: nothing picked is the
+    model's own (None, so that the engine says when it guessed)."""
+    model = VMUNet(PRESETS["synapse"])
+    assert chosen_recipe(model) is None
+    assert chosen_recipe(model, "mri") == RECIPES["mri"]
+    assert chosen_recipe(model, window="lung").window == CT_WINDOWS["lung"]
+    assert chosen_recipe(model, window="lung").name.startswith("synapse-ct")  # the guess's
+    assert chosen_recipe(model, "ct", "30,300").window == (30.0, 300.0)
+    assert parse_window("synapse") == parse_window((75, 400)) == (75.0, 400.0)
+    with pytest.raises(ValueError, match="width must be positive"):
+        parse_window("40,-1")

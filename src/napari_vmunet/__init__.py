@@ -1,5 +1,9 @@
 """napari-vmunet: VM-UNet segmentation for napari, from the command line and from Python.
 
+    import napari_vmunet as vm
+    model = vm.load_checkpoint("model.safetensors")
+    labels = vm.segment(model, vm.read_image("head.nii.gz").data).labels
+
 Importing this package stays cheap (napari imports every plugin's manifest at start-up): torch
 and the model are only imported when one of the names below is first used.
 """
@@ -15,15 +19,28 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
 _LAZY = {
+    # segmenting and fine-tuning
+    "Segmenter": "napari_vmunet.engine.inference",
+    "segment": "napari_vmunet.engine.inference",
+    "FineTuner": "napari_vmunet.engine.training.finetuner",
+    "TrainingSettings": "napari_vmunet.engine.training.settings",
+    # images, labels and preprocessing
+    "read_image": "napari_vmunet.io",
+    "write_labels": "napari_vmunet.io",
+    "Recipe": "napari_vmunet.recipes",
+    "get_recipe": "napari_vmunet.recipes",
+    # models and checkpoints
     "load_checkpoint": "napari_vmunet.checkpoint",
     "save_checkpoint": "napari_vmunet.checkpoint",
     "init_from_vmamba": "napari_vmunet.checkpoint",
     "CheckpointError": "napari_vmunet.checkpoint",
-    "VMUNet": "napari_vmunet.model",
+    "VMUNet": "napari_vmunet.model.vmunet",
     "VMUNetConfig": "napari_vmunet.model.config",
     "PRESETS": "napari_vmunet.model.config",
     "infer_config": "napari_vmunet.model.config",
     "build_model": "napari_vmunet.model",
+    "ModelInfo": "napari_vmunet.model.info",
+    # the operator at the heart of the model
     "selective_scan": "napari_vmunet.ops.scan",
 }
 

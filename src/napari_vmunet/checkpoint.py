@@ -29,6 +29,7 @@ import torch
 
 from .io import atomic_write
 from .model import VMUNet, VMUNetConfig, infer_config
+from .model.info import ModelInfo
 
 FORMAT_NAME = "napari-vmunet"
 FORMAT_VERSION = 1
@@ -47,9 +48,10 @@ class CheckpointError(ValueError):
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> VMUNet:
     """Load any supported VM-UNet checkpoint; returns the model in eval mode.
 
-    The model carries ``.config``, ``.recipe`` (None when the file has no metadata, as the
-    authors' files), ``.class_names``, ``.provenance``, ``.checkpoint_path`` and
-    ``.checkpoint_sha256``.
+    The model carries ``.config`` and ``.info`` (:class:`~.model.info.ModelInfo`: the
+    recipe, None when the file has no metadata as the authors' files; class names;
+    provenance; the file's path and SHA-256). Metadata that does not hold up (a recipe with a
+    wrong field) is refused with a :class:`CheckpointError` that says which.
     """
     path = Path(path)
     state, metadata = read_state_dict(path)
@@ -57,13 +59,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         config = VMUNetConfig.from_dict(metadata["config"])
     else:
         config = _infer_config_or_explain(state, path)
+    try:
+        info = ModelInfo.parse(config.num_classes, metadata.get("recipe"),
+                               metadata.get("class_names"), metadata.get("provenance"),
+                               path=path.resolve(), sha256=file_sha256(path))
+    except ValueError as exc:
+        raise CheckpointError(f"{path.name}: {exc}") from None
     model = VMUNet(config)
     load_weights(model, state, source=path.name)
-    model.recipe = metadata.get("recipe")
-    model.class_names = metadata.get("class_names")
-    model.provenance = metadata.get("provenance", {})
-    model.checkpoint_path = path.resolve()
-    model.checkpoint_sha256 = file_sha256(path)
+    model.info = info
     return model.to(map_location).eval()
 
 
@@ -276,26 +280,22 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` in our safetensors format, atomically.
 
-    ``recipe``/``class_names`` default to the model's own. ``provenance`` (data, slices, steps,
+    ``recipe`` (a :class:`~.recipes.Recipe` or its dict) and ``class_names`` default to the
+    model's own (``model.info``) and are checked before anything is written: a recipe that
+    does not hold up is a ``ValueError`` naming it. ``provenance`` (data, slices, steps,
     metrics...) is completed with what is known automatically: the checkpoint the model was
-    loaded from (name and SHA-256), the time and the software versions.
-    An existing file is never replaced unless ``overwrite``; the file the model was loaded from
-    is never replaced at all. ``dtype`` (e.g. torch.float16) shrinks the file.
+    loaded from (name and SHA-256), the time and the software versions. Where it may be
+    written is :func:`check_save_path`'s rule. ``dtype`` (e.g. torch.float16) shrinks the file.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise ValueError(
-            f"napari-vmunet saves .safetensors files, not {path.suffix or 'files without suffix'}"
-        )
-    parent = getattr(model, "checkpoint_path", None)
-    if parent is not None and path.exists() and path.resolve() == Path(parent).resolve():
-        raise FileExistsError(
-            f"{path} is the checkpoint this model was loaded from; save under a new name."
-        )
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another name or pass overwrite=True.")
+    own = model.info
+    parent = own.path
+    check_save_path(path, overwrite=overwrite, parent=parent)
+    info = ModelInfo.parse(model.config.num_classes,
+                           recipe if recipe is not None else own.recipe,
+                           class_names if class_names is not None else own.class_names)
 
     tensors = {}
     for key, value in model.state_dict().items():
@@ -303,9 +303,9 @@ def save_checkpoint(
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         tensors[key] = value.contiguous().clone()  # safetensors refuses shared storage
-    info = {
-        "parent_sha256": getattr(model, "checkpoint_sha256", None),
-        "parent_name": Path(parent).name if parent else None,
+    made_by = {
+        "parent_sha256": own.sha256,
+        "parent_name": parent.name if parent else None,
         **(provenance or {}),
         "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": _versions(),
@@ -314,11 +314,9 @@ def save_checkpoint(
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "config": json.dumps(model.config.to_dict()),
-        "recipe": json.dumps(_as_dict(recipe if recipe is not None else model.recipe)),
-        "class_names": json.dumps(
-            class_names if class_names is not None else getattr(model, "class_names", None)
-        ),
-        "provenance": json.dumps(info, default=str),
+        "recipe": json.dumps(info.recipe.to_dict() if info.recipe else None),
+        "class_names": json.dumps(list(info.class_names) if info.class_names else None),
+        "provenance": json.dumps(made_by, default=str),
     }
 
     def write(tmp: Path) -> None:
@@ -329,9 +327,22 @@ def save_checkpoint(
     return atomic_write(path, write)
 
 
-def _as_dict(recipe):
-    """Recipes are stored as JSON objects (a Recipe or the dict read from a file)."""
-    return recipe.to_dict() if hasattr(recipe, "to_dict") else recipe
+def check_save_path(path: str | os.PathLike, *, overwrite: bool = False,
+                    parent: str | os.PathLike | None = None) -> None:
+    """Whether a checkpoint may be written to ``path``, the one rule of save_checkpoint, the
+    command line and the Fine-tune widget's Save as…: a ``.safetensors`` name, not an existing
+    file unless ``overwrite``, and never ``parent``, the file the model came from. Raises
+    ``ValueError`` or ``FileExistsError`` saying what to do."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"napari-vmunet saves .safetensors files, not "
+                         f"{path.suffix or 'files without suffix'} ({path.name})")
+    if parent is not None and path.exists() and path.resolve() == Path(parent).resolve():
+        raise FileExistsError(f"{path} is the checkpoint this model comes from; save under a "
+                              "new name (the original is kept)")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; choose another name, or allow "
+                              "overwriting (--overwrite, overwrite=True)")
 
 
 def _versions() -> dict[str, str]:

@@ -11,7 +11,9 @@ No torch here: recipes are read by the widgets before any model is loaded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
+from numbers import Real
 from typing import Any, Literal
 
 # Level/width in Hounsfield units; the usual radiology presets.
@@ -70,6 +72,11 @@ class Recipe:
             raise ValueError(f"unknown intensity mapping {self.intensity!r}")
         if self.intensity == "window" and (self.window is None or self.window[1] <= 0):
             raise ValueError("a 'window' recipe needs window=(level, width) with width > 0")
+        if self.color not in ("gray", "rgb"):
+            raise ValueError(f"color must be 'gray' or 'rgb', got {self.color!r}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got "
+                             f"{self.interpolation!r}")
         if self.input_size is not None and self.input_size < 1:
             raise ValueError("input_size must be positive or None (native resolution)")
         if self.pixel_size is not None and not self.pixel_size > 0:
@@ -97,9 +104,48 @@ class Recipe:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Recipe:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: Mapping[str, Any]) -> Recipe:
+        """The recipe a dict describes (as stored in a checkpoint), checked field by field.
+        Raises ``ValueError`` that names the recipe and what is wrong with it. Fields this
+        version does not know (from a newer one) are left out."""
+        name = d.get("name") if isinstance(d.get("name"), str) else None
+        try:
+            missing = [f for f in _REQUIRED if f not in d]
+            if missing:
+                raise ValueError(f"it has no {' and no '.join(missing)}")
+            values = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+            for key, value in values.items():
+                _check_field(key, value)
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"recipe {name or dict(d)!r} is not a valid recipe: {exc}") from None
+
+
+_REQUIRED = ("name", "description", "intensity")
+_PAIRS = ("value_range", "window", "percentiles")
+
+
+def _check_field(key: str, value: Any) -> None:
+    """The types Recipe's fields take (its own checks then see the values)."""
+    def number(v):
+        return isinstance(v, Real) and not isinstance(v, bool)
+
+    if key in ("name", "description", "intensity", "color", "interpolation"):
+        ok = isinstance(value, str)
+    elif key in _PAIRS:
+        ok = (value is None and key == "window") or (
+            isinstance(value, (list, tuple)) and len(value) == 2 and all(map(number, value)))
+    elif key == "input_size":
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+    elif key in ("pixel_size", "threshold"):
+        ok = (value is None and key == "pixel_size") or number(value)
+    elif key in ("labels_at_input_size", "keep_largest"):
+        ok = isinstance(value, bool)
+    else:  # class_names
+        ok = value is None or (isinstance(value, (list, tuple))
+                               and all(isinstance(n, str) for n in value))
+    if not ok:
+        raise ValueError(f"{key} cannot be {value!r}")
 
 
 RECIPES: dict[str, Recipe] = {
@@ -134,23 +180,47 @@ RECIPES: dict[str, Recipe] = {
 
 
 def get_recipe(name: str, window: tuple[float, float] | str | None = None) -> Recipe:
-    """A named recipe, optionally on another CT window (a preset name or (level, width))."""
+    """A named recipe, optionally on another CT window (see :func:`parse_window`)."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     recipe = RECIPES[name]
+    return recipe.with_window(*parse_window(window)) if window is not None else recipe
+
+
+def parse_window(window: tuple[float, float] | str) -> tuple[float, float]:
+    """A CT window as (level, width) in HU, from a preset name (:data:`CT_WINDOWS`), a
+    "LEVEL,WIDTH" text or the pair itself."""
     if isinstance(window, str):
-        if window not in CT_WINDOWS:
-            raise ValueError(f"unknown CT window {window!r}; choose one of "
-                             f"{', '.join(CT_WINDOWS)} or give level,width")
-        window = CT_WINDOWS[window]
-    return recipe.with_window(*window) if window is not None else recipe
+        if window in CT_WINDOWS:
+            return CT_WINDOWS[window]
+        try:
+            level, width = (float(v) for v in window.split(","))
+        except ValueError:
+            raise ValueError(f"a CT window is LEVEL,WIDTH in HU (e.g. 40,400) or one of "
+                             f"{', '.join(CT_WINDOWS)}; got {window!r}") from None
+    else:
+        level, width = (float(v) for v in window)
+    if width <= 0:
+        raise ValueError(f"a CT window's width must be positive, got {width:g}")
+    return level, width
+
+
+def chosen_recipe(model, name: str | None = None,
+                  window: tuple[float, float] | str | None = None) -> Recipe | None:
+    """The recipe a user picked (the command line's --recipe and --window, a widget's recipe
+    and CT window): a named one or the model's own, on another CT window if one is given.
+    None when nothing was picked: the engine then takes the model's own, and says so where it
+    has to guess."""
+    if name is None and window is None:
+        return None
+    recipe = get_recipe(name) if name is not None else recipe_for(model)[0]
+    return recipe.with_window(*parse_window(window)) if window is not None else recipe
 
 
 def recipe_for(model) -> tuple[Recipe, str | None]:
     """The model's own recipe, or a guess for files without one (with a note saying so)."""
-    stored = getattr(model, "recipe", None)
-    if stored:
-        return (stored if isinstance(stored, Recipe) else Recipe.from_dict(stored)), None
+    if model.info.recipe is not None:
+        return model.info.recipe, None
     classes = model.config.num_classes
     if classes == 1:
         guess = RECIPES["isic"]

@@ -7,29 +7,19 @@ from magicgui.widgets import ComboBox, Container
 
 from ..recipes import CT_WINDOWS, RECIPES
 
-CHECKPOINT_RECIPE = "the checkpoint's own"
-NO_WINDOW = "recipe's window"
-
 
 def recipe_controls() -> tuple[ComboBox, ComboBox]:
-    """The recipe choice (the checkpoint's own, or a named one) and the CT window choice."""
-    recipe = ComboBox(label="recipe", choices=[CHECKPOINT_RECIPE, *RECIPES],
-                      value=CHECKPOINT_RECIPE,
+    """The recipe choice (the checkpoint's own, or a named one) and the CT window choice; their
+    values are what :func:`napari_vmunet.recipes.chosen_recipe` takes (None: not chosen)."""
+    recipe = ComboBox(label="recipe", choices=[("the checkpoint's own", None),
+                                               *((name, name) for name in RECIPES)],
+                      value=None,
                       tooltip="preprocessing; files from the authors' code carry none and "
                       "get a guess")
-    window = ComboBox(label="CT window", choices=[NO_WINDOW, *CT_WINDOWS], value=NO_WINDOW)
+    window = ComboBox(label="CT window", choices=[("recipe's window", None),
+                                                  *((name, name) for name in CT_WINDOWS)],
+                      value=None)
     return recipe, window
-
-
-def chosen_recipe(model, recipe_name: str, window_name: str):
-    """The recipe picked in a widget: the checkpoint's own (or its guess) or a named one, on
-    another CT window if one is picked."""
-    from ..recipes import recipe_for
-
-    recipe = recipe_for(model)[0] if recipe_name == CHECKPOINT_RECIPE else RECIPES[recipe_name]
-    if window_name != NO_WINDOW:
-        recipe = recipe.with_window(*CT_WINDOWS[window_name])
-    return recipe
 
 
 def device_control() -> ComboBox:

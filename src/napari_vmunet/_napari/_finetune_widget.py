@@ -15,6 +15,7 @@ Segment" hands it to the Segment widget, "Save as…" writes a new file (never t
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +32,8 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
-from ._controls import (
-    LayerChoice,
-    button_row,
-    chosen_recipe,
-    device_control,
-    recipe_controls,
-)
+from ..engine.training.settings import FINE_TUNING
+from ._controls import LayerChoice, button_row, device_control, recipe_controls
 from ._fit import ScrollingDock, WrappedText
 from ._layers import PREDICTION_KEY, layer_spacing_mm, viewer_slicing_axis
 from ._plot import TrainingPlot
@@ -47,6 +43,15 @@ from ._workers import Workers
 # Paint strokes arrive many times a second; the slice list is recomputed once they pause.
 _REFRESH_DELAY_MS = 250
 _EDIT_EVENTS = ("paint", "set_data", "data")
+
+
+@dataclass
+class TunerReady:
+    """The fine-tune worker's first event: the model it starts from and the FineTuner, made in
+    the worker (loading the bundled model takes a moment)."""
+
+    base: CurrentModel
+    tuner: object  # a FineTuner
 
 
 class FineTuneWidget(ScrollingDock):
@@ -82,10 +87,10 @@ class FineTuneWidget(ScrollingDock):
         self.remove_button = PushButton(text="Remove",
                                         tooltip="do not train on the selected slices")
         self.recipe_choice, self.window = recipe_controls()
-        self.steps = SpinBox(label="steps", min=1, max=100_000, value=200)
+        self.steps = SpinBox(label="steps", min=1, max=100_000, value=FINE_TUNING.steps)
         self.learning_rate = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-5,
-                                          value=3e-4)
-        self.batch = SpinBox(label="batch size", min=1, max=256, value=8)
+                                          value=FINE_TUNING.learning_rate)
+        self.batch = SpinBox(label="batch size", min=1, max=256, value=FINE_TUNING.batch_size)
         self.decoder_only = CheckBox(text="decoder only",
                                      tooltip="train the decoder; keep the encoder as it is")
         self.device = device_control()
@@ -251,8 +256,6 @@ class FineTuneWidget(ScrollingDock):
     # -- training --------------------------------------------------------------------------
 
     def start(self) -> None:
-        from ..engine.training import TrainingSettings
-
         image_layer = self.image_choice.value
         if image_layer is None or self._labels_layer is None:
             show_info("VM-UNet: choose the image and its corrected labels layer first")
@@ -263,10 +266,11 @@ class FineTuneWidget(ScrollingDock):
                       "layer, or add the current slice")
             return
         try:
-            settings = TrainingSettings(
-                steps=self.steps.value, learning_rate=self.learning_rate.value,
+            settings = replace(
+                FINE_TUNING, steps=self.steps.value, learning_rate=self.learning_rate.value,
                 batch_size=self.batch.value, decoder_only=self.decoder_only.value,
-                validate_every=max(1, min(20, self.steps.value // 10)))
+                # about ten validations, for a short run too
+                validate_every=max(1, min(FINE_TUNING.validate_every, self.steps.value // 10)))
         except ValueError as exc:
             show_error(f"VM-UNet: {exc}")
             return
@@ -279,7 +283,8 @@ class FineTuneWidget(ScrollingDock):
         names = (image_layer.name, self._labels_layer.name)
 
         def work():
-            from ..engine.training import FineTuner
+            from ..engine.training.finetuner import FineTuner
+            from ..recipes import chosen_recipe
 
             base = self._base()
             # A copy: the Segment widget keeps using the original until "Use for Segment".
@@ -287,7 +292,7 @@ class FineTuneWidget(ScrollingDock):
             recipe = chosen_recipe(model, recipe_name, window)
             tuner = FineTuner(model, image, labels.astype(np.int64, copy=False), slices,
                               axis, recipe, settings, device, spacing=spacing)
-            yield base, tuner
+            yield TunerReady(base, tuner)
             yield from tuner.run()
 
         self.tuner, self.result, self._names = None, None, names
@@ -306,7 +311,7 @@ class FineTuneWidget(ScrollingDock):
             self.status.value = "stopping… (the best weights so far are kept)"
 
     def _on_event(self, event) -> None:
-        from ..engine.training import (
+        from ..engine.events import (
             Notice,
             TrainingDone,
             TrainingStarted,
@@ -314,8 +319,8 @@ class FineTuneWidget(ScrollingDock):
             ValidationResult,
         )
 
-        if isinstance(event, tuple):
-            self.base, self.tuner = event
+        if isinstance(event, TunerReady):
+            self.base, self.tuner = event.base, event.tuner
         elif isinstance(event, TrainingStarted):
             self.status.value = (f"{event.train_slices} training / {event.validation_slices} "
                                  f"validation slices on {event.device}")
@@ -432,17 +437,17 @@ class FineTuneWidget(ScrollingDock):
     def save_as(self, path: Path) -> None:
         """Write the fine-tuned model to ``path`` (a new .safetensors file, atomically; the
         dialog has already asked before replacing another file). Never over the parent."""
-        from ..checkpoint import save_checkpoint
+        from ..checkpoint import check_save_path, save_checkpoint
 
         if self.tuned is None or self.tuner is None:
             return
         path = Path(path)
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
-        parent = self.base.path
-        if parent is not None and path.exists() and path.resolve() == Path(parent).resolve():
-            show_error(f"VM-UNet: {path.name} is the model fine-tuning started from; "
-                       "choose another name (the original is kept)")
+        try:
+            check_save_path(path, overwrite=True, parent=self.base.path)
+        except (ValueError, FileExistsError) as exc:
+            show_error(f"VM-UNet: {exc}")
             return
         provenance = {"image": self._names[0], "labels": self._names[1],
                       **self.tuner.provenance(),

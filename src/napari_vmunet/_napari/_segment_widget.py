@@ -28,14 +28,7 @@ from qtpy.QtWidgets import QFileDialog
 
 from ..bundled import default_checkpoint
 from ..io import Geometry
-from ._controls import (
-    KeptChoice,
-    LayerChoice,
-    button_row,
-    chosen_recipe,
-    device_control,
-    recipe_controls,
-)
+from ._controls import KeptChoice, LayerChoice, button_row, device_control, recipe_controls
 from ._fit import ScrollingDock, WrappedText
 from ._layers import GEOMETRY_KEY, PREDICTION_KEY, layer_spacing_mm, viewer_slicing_axis
 from ._session import CurrentModel, session_for
@@ -194,7 +187,7 @@ class SegmentWidget(ScrollingDock):
         self._show_choice()
         recipe, note = recipe_for(model)
         cfg = model.config
-        classes = ", ".join(model.class_names or [f"{cfg.num_classes} classes"])
+        classes = ", ".join(model.info.class_names or [f"{cfg.num_classes} classes"])
         try:
             scan = model.scan_backend_for(self._device())
         except (RuntimeError, ValueError) as exc:  # a forced backend that cannot run here
@@ -229,13 +222,14 @@ class SegmentWidget(ScrollingDock):
 
     def start(self) -> None:
         from ..engine import Segmenter
+        from ..recipes import chosen_recipe
 
         layer = self.image_choice.value
         if self.model is None or layer is None:
             show_info("VM-UNet: choose a model and an image layer first")
             return
-        recipe = chosen_recipe(self.model, self.recipe_choice.value, self.window.value)
         try:
+            recipe = chosen_recipe(self.model, self.recipe_choice.value, self.window.value)
             segmenter = Segmenter(self.model, recipe, device=self.device.value,
                                   batch_size=self.batch.value or None,
                                   threshold=self.threshold.value)
@@ -250,7 +244,7 @@ class SegmentWidget(ScrollingDock):
             axis = self.axis.value if self.axis.value >= 0 else viewer_slicing_axis(self.viewer,
                                                                                     layer)
         self._output, self._last_redraw = None, 0.0
-        self._cleans_up = recipe.keep_largest
+        self._cleans_up = segmenter.recipe.keep_largest
         self._source, self._axis = layer, axis
         self.progress.visible, self.progress.value = True, 0
         self.run_button.enabled, self.cancel_button.enabled = False, True

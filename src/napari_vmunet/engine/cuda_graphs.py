@@ -1,9 +1,8 @@
 """Fixed-shape GPU work replayed as CUDA graphs: inference, and the training step.
 
-An eager VM-UNet forward launches hundreds of small kernels from Python; for one 256² slice the
-GPU waits on the host most of the time (PERF_BASELINE.md: 256² and 512² take the same time).
-A training step launches ~1500, and between its long scan kernels the GPU waits too. A CUDA
-graph records those launches once and replays them with one call.
+An eager VM-UNet forward launches hundreds of small kernels from Python; for one small slice
+the GPU waits on the host most of the time, and in a training step it waits between the long
+scan kernels too. A CUDA graph records those launches once and replays them with one call.
 
 :class:`GraphedForward` wraps a forward function. A shape seen for the first time runs eagerly
 (that call is also the warm-up: Triton autotunes, cuBLAS/cuDNN pick their kernels); when the

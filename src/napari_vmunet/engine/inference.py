@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,45 +27,12 @@ import torch
 from ..recipes import Recipe, recipe_for
 from .cuda_graphs import GraphedForward
 from .device import resolve_device
+from .events import Notice, SegmentationDone, SegmentationStarted, SlicesDone
+from .memory import auto_batch_size, halved_batch
 from .postprocess import keep_largest
 from .preprocess import IntensityMap, Resize, in_plane_spacing, intensity_map, normalise
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-@dataclass
-class SegmentationStarted:
-    slices: int
-    batch_size: int
-    device: str
-    scan_backend: str
-    recipe: Recipe
-
-
-@dataclass
-class Notice:
-    """Something the user should know (a guessed recipe, replaced NaNs, a smaller batch)."""
-
-    message: str
-
-
-@dataclass
-class SlicesDone:
-    """Slices ``start:stop`` along the slicing axis are finished; ``labels`` is a view of them
-    in the output, shaped (stop - start, *slice shape)."""
-
-    start: int
-    stop: int
-    total: int
-    labels: np.ndarray
-
-
-@dataclass
-class SegmentationDone:
-    labels: np.ndarray
-    probabilities: np.ndarray | None
-    seconds: float
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -180,7 +147,7 @@ class Segmenter:
             notes.append(f"the voxel size is unknown: segmenting the pixels as they are (this "
                          f"model expects {self.recipe.pixel_size:g} mm pixels)")
         resize = Resize.plan((h, w), self.recipe, self.model.config.size_multiple, pixel_spacing)
-        batch = self.batch_size or _auto_batch_size(self.model, self.device, resize.size)
+        batch = self.batch_size or auto_batch_size(self.model, self.device, resize.size)
         yield SegmentationStarted(n, batch, str(self.device),
                                   self.model.scan_backend_for(self.device), self.recipe)
         for note in notes:
@@ -194,14 +161,7 @@ class Segmenter:
             try:
                 lab, prob, bad = self._predict(chunk, mapping, resize, (h, w), probabilities)
             except torch.OutOfMemoryError:
-                if batch == 1:
-                    raise MemoryError(
-                        f"one {h}x{w} slice does not fit in {self.device}'s free memory; close "
-                        "other programs using the GPU or run on the CPU (--device cpu)"
-                    ) from None
-                batch = max(1, batch // 2)
-                torch.cuda.empty_cache()
-                message = f"out of GPU memory: continuing with batches of {batch} slices"
+                batch, message = halved_batch(batch, self.device, f"one {h}x{w} slice")
                 notes.append(message)
                 yield Notice(message)
                 continue
@@ -356,15 +316,3 @@ def _labels_view(labels: np.ndarray, layout: _Layout) -> np.ndarray:
     if layout.slice_axis is None:
         return labels[None]
     return np.moveaxis(labels, spatial_positions[layout.slice_axis], 0)
-
-
-def _auto_batch_size(model, device: torch.device, size: tuple[int, int]) -> int:
-    pixels = size[0] * size[1]
-    if device.type == "cuda":
-        # ~1.3 KB of activations per input pixel for the published widths in fp32 (measured
-        # for 256² batch 32); scale with the model's width and keep half the free memory spare.
-        free, _ = torch.cuda.mem_get_info(device)
-        per_slice = pixels * 1400 * model.config.dims[0] / 96
-        return int(max(1, min(64, free * 0.5 // per_slice)))
-    # On a CPU batching gains little; small batches keep results streaming and cancel prompt.
-    return int(max(1, min(16, 65536 // pixels)))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Geometry
+from .geometry import Geometry
 
 
 def read(path: Path) -> tuple[np.ndarray, Geometry]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Geometry
+from .geometry import Geometry
 
 _FRAMES = {"left-posterior-superior": "LPS", "right-anterior-superior": "RAS",
            "left-anterior-superior": "LAS", "scanner-xyz": "XYZ", "3d-right-handed": "XYZ"}

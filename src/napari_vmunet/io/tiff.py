@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Geometry
+from .geometry import Geometry
 
 _SPATIAL = "ZYX"
 _CHANNEL = "CS"  # S: samples per pixel (RGB)

@@ -75,10 +75,15 @@ class VMUNetConfig:
         return cls(**d)
 
 
-# The two published configurations (configs/config_setting*.py in JCruan519/VM-UNet).
 PRESETS: dict[str, VMUNetConfig] = {
+    # The two published configurations (configs/config_setting*.py in JCruan519/VM-UNet).
     "isic": VMUNetConfig(num_classes=1, image_size=256),
     "synapse": VMUNetConfig(num_classes=9, image_size=224),
+    # Smaller architectures to train from scratch (`napari-vmunet train --config`): the
+    # published structure at half the widths, and a quarter of them with one block a stage.
+    "small": VMUNetConfig(dims=(48, 96, 192, 384)),
+    "tiny": VMUNetConfig(dims=(32, 64, 128, 256), depths=(1, 1, 1, 1),
+                         depths_decoder=(1, 1, 1, 1)),
 }
 
 

@@ -2,9 +2,10 @@
 
 Module and parameter names, registration order and initialisation follow JCruan519/VM-UNet
 (``models/vmunet/{vmunet,vmamba}.py``), so ``state_dict()`` has exactly the authors' keys,
-order and shapes and their checkpoints load strictly. What differs is how it runs: the selective
-scan goes through :mod:`napari_vmunet.ops.scan` (CPU, CUDA or mamba-ssm), and inputs whose sides the
-network cannot handle get a clear error instead of a shape mismatch deep inside.
+order and shapes and their checkpoints load strictly. What differs is how it runs: the
+operators are :mod:`napari_vmunet.ops`' (the selective scan on the CPU, CUDA or mamba-ssm), and
+inputs whose sides the network cannot handle get a clear error instead of a shape mismatch
+deep inside.
 
 Tensors between modules are channels-last (B, H, W, C), as in the original.
 """
@@ -12,6 +13,7 @@ Tensors between modules are channels-last (B, H, W, C), as in the original.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from ..ops.norm import layer_norm, layer_norm_linear
 from ..ops.scan import resolve_backend, selective_scan_2d
 from ..ops.scan.composed import N_DIRECTIONS
 from .config import EXPAND, PATCH_SIZE, VMUNetConfig, dt_rank
+from .info import ModelInfo
 
 
 class DropPath(nn.Module):
@@ -316,7 +319,7 @@ class VMUNet(nn.Module):
     def __init__(self, config: VMUNetConfig | None = None):
         super().__init__()
         self.config = config or VMUNetConfig()
-        self.recipe = None  # the preprocessing this model expects; set by checkpoint loading
+        self.info = ModelInfo()  # what its checkpoint said (recipe, classes, ...), when loaded
         self.vmunet = VSSM(self.config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -364,3 +367,29 @@ class VMUNet(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def extend_head(self, num_classes: int) -> None:
+        """Grow the head to ``num_classes`` keeping what it knows. A one-class (sigmoid) model
+        becomes [background logit 0, its logit], which gives the same probabilities under
+        softmax; new classes start with small weights and a low bias, i.e. improbable."""
+        old = self.vmunet.final_conv
+        old_classes = self.config.num_classes
+        new = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device)
+        with torch.no_grad():
+            new.weight.normal_(0, 1e-3)
+            if old_classes == 1:
+                new.weight[0].zero_()
+                new.bias[0] = 0.0
+                new.weight[1] = old.weight[0]
+                new.bias[1] = old.bias[0]
+                first_new = 2
+            else:
+                new.weight[:old_classes] = old.weight
+                new.bias[:old_classes] = old.bias
+                first_new = old_classes
+            # e^-10 of the mass: existing predictions are unchanged, yet the gradient of the
+            # cross-entropy for a painted new class is strong.
+            new.bias[first_new:] = min(0.0, float(old.bias.min())) - 10.0
+        self.vmunet.final_conv = new
+        self.config = replace(self.config, num_classes=num_classes)
+        self.info = self.info.with_classes(num_classes)

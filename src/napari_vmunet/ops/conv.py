@@ -34,8 +34,8 @@ except Exception:  # no triton: the PyTorch path below
 if triton is not None:
 
     # Tiles (pixels x channels, warps) tuned per activation shape, among four that were each
-    # the fastest at one of config B's stages: 73 us off a 256² batch-32 bf16 forward pass on
-    # an H100 against one tile for all (16 x 64, two warps; benchmarks/RESULTS.md).
+    # the fastest at one of config B's stages; one tile for all was slower (benchmarks/
+    # RESULTS.md, 2026-11-27 seventh session).
     _CONFIGS = [triton.Config({"BLOCK_W": w, "BLOCK_C": c}, num_warps=warps)
                 for w, c, warps in [(16, 64, 2), (16, 32, 1), (8, 128, 4), (8, 32, 4)]]
 
@@ -107,7 +107,7 @@ class _ConvSiLU(torch.autograd.Function):
     gradients of PyTorch's convolution and SiLU. Only x (a view of in_proj's output, which
     stays alive for the gate z anyway) is kept: the backward recomputes the convolution rather
     than keeping a channels-last copy of x and the convolution's output (two tensors of the
-    block's widest size, ~0.6 GB for a training batch of 32 at 256²)."""
+    block's widest size)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, dtype):

@@ -5,8 +5,7 @@ widened in a pass of their own over the block's activations: the pixel projectio
 which the scan reads in float32, and the block's output (out_proj), which is added to the
 float32 residual stream. cuBLAS can write its float32 accumulator directly and add the residual
 in the same kernel (PyTorch's ``mm``/``addmm`` with ``out_dtype``), which drops both passes
-(256² batch 32 on an H100: x_proj 0.24 ms a forward pass, benchmarks/RESULTS.md) and rounds
-one time fewer.
+and rounds one time fewer (benchmarks/RESULTS.md, 2026-11-27 fourteenth session).
 
 This is for GPU inference under autocast. Training, the CPU, a PyTorch without these
 operators and ``NAPARI_VMUNET_SCAN=reference`` (:mod:`.gate`) run the layers as before; the

@@ -1,8 +1,8 @@
 """LayerNorm (optionally times a SiLU gate) as one Triton kernel on the GPU.
 
-PyTorch's LayerNorm kernel gives each row of 96-1536 channels its own small thread block and
-reached about a tenth of the H100's bandwidth on VM-UNet's activations (a fifth of the whole
-forward pass once the scan was fused). Here one program normalises many rows, the SS2D output
+PyTorch's LayerNorm kernel gives each row of 96-1536 channels its own small thread block, far
+from the GPU's bandwidth on VM-UNet's activations (benchmarks/RESULTS.md, 2026-11-27, "fused
+SS2D kernel, fused LayerNorm, CUDA graphs"). Here one program normalises many rows, the SS2D output
 gate ``* silu(z)`` is applied on the way, and a result that goes into a linear layer is written
 in the autocast dtype, which is what that layer would cast it to anyway.
 
@@ -175,10 +175,10 @@ class _LayerNorm(torch.autograd.Function):
     recomputes the rest (one kernel on the GPU).
 
     Autograd through the modules kept more: for the gated norm the normalized x, silu(gate)
-    and the product's copy in the autocast dtype, three more tensors of the block's widest size
-    (0.9 GiB in a training step at 256² batch 32). On the GPU PyTorch's own LayerNorm kernels,
-    forward and backward, were also ~10 % of that training step: they give each row of 96-1536
-    channels a thread block of its own, where these kernels walk many rows a program."""
+    and the product's copy in the autocast dtype, three more tensors of the block's widest size.
+    On the GPU PyTorch's own LayerNorm kernels, forward and backward, give each row of 96-1536
+    channels a thread block of its own, where these kernels walk many rows a program
+    (benchmarks/RESULTS.md, 2026-11-27 ninth session)."""
 
     @staticmethod
     def forward(ctx, x, gate, weight, bias, eps, out_dtype):
@@ -263,8 +263,8 @@ def layer_norm_linear(x: torch.Tensor, norm: nn.LayerNorm, weight: torch.Tensor,
     """``F.linear(norm(x), weight, bias)``, for a linear layer of few outputs.
 
     In GPU inference this is one kernel that never writes the normalized x: for VM-UNet's
-    segmentation head that is the full-resolution map of d/4 channels (~100 MB at 256² batch
-    32 in bf16), written and read back for a 1-output product. Elsewhere, or for more outputs,
+    segmentation head that is the full-resolution map of d/4 channels, the largest tensor of the
+    network, written and read back for a 1-output product. Elsewhere, or for more outputs,
     it is :func:`layer_norm` and ``F.linear``.
     """
     if (bias is None or weight.shape[0] > _MAX_HEAD_OUTPUTS or not _fused_applies(x, norm)

@@ -116,22 +116,13 @@ def resolve_backend(device: torch.device | str, requested: str | None = None) ->
     return "reference"
 
 
-def selective_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = False,
-    *,
-    backend: str | None = None,
-) -> torch.Tensor:
+def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, *,
+                   backend: str | None = None) -> torch.Tensor:
     """mamba's ``selective_scan_fn`` (without ``z`` and the last state), on the chosen backend.
 
     u, delta: (batch, channels, L); A: (channels, N); B, C: (batch, N, L) or grouped
-    (batch, G, N, L); D, delta_bias: (channels,). Returns (batch, channels, L) in u's dtype.
+    (batch, G, N, L); D, delta_bias: (channels,) or None. Returns (batch, channels, L) in u's
+    dtype. Every backend computes what :func:`.reference.selective_scan` defines.
     """
     name = resolve_backend(u.device, backend)
     module = _load(name)[0]

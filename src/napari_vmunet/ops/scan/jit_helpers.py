@@ -74,3 +74,6 @@ if triton is not None:
         wrap = inner == 0
         return (pixel - inner_stride - tl.where(wrap, wrap_jump, 0),
                 tl.where(wrap, inner_count - 1, inner - 1))
+
+else:  # the names exist all the same, so that the kernel modules import; no kernel is defined
+    softplus = pixel_at = walk = next_pixel = previous_pixel = None

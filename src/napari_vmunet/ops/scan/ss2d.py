@@ -23,11 +23,11 @@ except Exception:  # the backend reports why it is unavailable
     triton = None
 
 # Steps between the states the forward pass keeps for the backward (a multiple of 4, the
-# forward's unrolling): fewer steps cost memory (B*4*L/CHECKPOINT states of N x D floats,
-# 200 MB for a 256² batch of 32 at stage 0), more cost scratch per backward program
-# ((CHECKPOINT, N, BLOCK_D) floats, which should stay in L2). Measured on an H100 at that shape
-# (benchmarks/RESULTS.md): 16 channels a program, one warp, 32 steps. Both backwards (Triton's
-# and Gluon's) decompose the work so.
+# forward's unrolling): fewer steps cost memory (B*4*L/CHECKPOINT states of N x D floats),
+# more cost scratch per backward program ((CHECKPOINT, N, BLOCK_D) floats, which should stay in
+# L2). 16 channels a program, one warp, 32 steps was the best measured (benchmarks/RESULTS.md,
+# 2026-11-27 later, "fused SS2D backward"). Both backwards (Triton's and Gluon's) decompose the
+# work so.
 _CHECKPOINT = 32
 _BWD_BLOCK_D = 16
 

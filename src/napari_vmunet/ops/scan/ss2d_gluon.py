@@ -3,14 +3,14 @@ backward, and the forward where a program walks a long way.
 
 The backward computes what :func:`.ss2d_triton._ss2d_bwd` computes, with the same
 program decomposition (one warp per batch x direction x 16 channels, walking each checkpoint
-interval forward to recompute its states, then back), and gets there in ~45 % fewer
-instructions and 0.51-0.84 of the time at config B's stage shapes (H100, benchmarks/RESULTS.md)
-by choosing where the data lies, which Triton decides by itself:
+interval forward to recompute its states, then back), and gets there in fewer instructions and
+less time (benchmarks/RESULTS.md, 2026-11-27 eleventh and twelfth sessions) by choosing where
+the data lies, which Triton decides by itself:
 
 - the sums over a program's channels (the gradients of a pixel's B, C and low-rank dt) are
   transposed through shared memory so that each thread adds up one state's channels in its own
-  registers. Triton summed them with butterflies of warp shuffles: 83 shuffles and as many
-  additions a step, a third of the walk back's instructions;
+  registers. Triton sums them with butterflies of warp shuffles, a large share of the walk
+  back's instructions;
 - an interval's inputs (x, dy and the pixel projections of its 32 steps) are copied into shared
   memory with asynchronous copies when the interval starts, and both walks read them there:
   the loads' latency is paid once per interval instead of at every step, and the step's
@@ -18,17 +18,16 @@ by choosing where the data lies, which Triton decides by itself:
 - where the scratch buffers of the programs running at once would not stay in L2 (a 256²
   batch of 32), only the even steps' states are kept in them: the walk back makes each odd
   step's state from the state before it and the step's decay, which it computes anyway (8
-  multiplications a thread). The scratch traffic halves, and the kernel takes 0.71-0.87 of
-  the time at those shapes; where the buffers fit L2 (batch 8 at stage 0) the extra
+  multiplications a thread). The scratch traffic halves; where the buffers fit L2 the extra
   multiplications lengthen each walk's dependent chain and cost more than they save.
 
 The forward computes what :func:`.ss2d_triton._ss2d_fwd` computes over the
 whole L (one channel a lane, 32 a program), with the same shared buffers: each interval's inputs
 are copied in while the interval before it is scanned, and its outputs are kept there and added
 to the image once at its end, four channels a 16-byte atomic addition (Triton adds float32 one
-at a time). Where a program walks 4096 steps or more (stage 0 of a 256² batch of 32) it takes
-0.75 of the Triton kernel's time; on shorter walks the Triton kernel's pipelined loop is as
-fast or faster, and where L is cut into segments the Triton kernel runs.
+at a time). It runs where a program walks far (:data:`_FORWARD_MIN_LENGTH` steps); on shorter
+walks the Triton kernel's pipelined loop is as fast or faster, and where L is cut into
+segments the Triton kernel runs (benchmarks/RESULTS.md, 2026-11-27 thirteenth session).
 
 Gluon is experimental in Triton: :func:`usable` admits only the Triton releases these kernels
 were tested on, and :mod:`.ss2d` falls back to the Triton kernels if one fails to build.
@@ -59,23 +58,21 @@ _TESTED_TRITON = {(3, 6)}
 # weights in 32+ registers a thread and spill, so they take the Triton kernel.
 _MAX_RANK = 32
 _MAX_STATES = 16
-# Register cap: 12 one-warp programs an SM; 176 (11 programs) was 1.2-1.4x slower at stage 0.
+# Register cap: 12 one-warp programs an SM (fewer programs an SM was slower).
 _MAX_REGISTERS = 168
 _PROGRAMS_PER_SM = 65536 // (_MAX_REGISTERS * 32)  # an SM's registers / a one-warp program's
 
 # Keep only the even steps' states where the scratch of the programs running at once, with
-# every state kept, is more than this share of L2 (measured on an H100, 50 MiB of L2, 12
-# programs an SM; benchmarks/RESULTS.md): 48 MiB at b32 stages 0-2 (0.71 / 0.73 / 0.87 of
-# the time), 24 MiB at b8 stage 1 (0.92) and b16 stage 0 (1.02), 12 MiB at b8 stage 0 (1.14:
-# kept whole).
+# every state kept, is more than this share of L2: where it pays and where it costs is
+# measured in benchmarks/RESULTS.md, 2026-11-27 twelfth session.
 _EVEN_STATES_L2_SHARE = 1 / 3
 
-# The forward runs here where a program walks at least this many steps. Kernel alone, against
-# the Triton forward (H100, 256² batch 32, benchmarks/RESULTS.md): 0.75 of its time at stage 0
-# (4096 steps), 1.13 at stage 1 (1024), 0.92 at stage 2 (256), 1.07 at stage 3 (64).
+# The forward runs here where a program walks at least this many steps: faster than the
+# Triton forward there, not on shorter walks (benchmarks/RESULTS.md, 2026-11-27 thirteenth
+# session).
 _FORWARD_MIN_LENGTH = 4096
-_FORWARD_BLOCK_D = 32  # one channel a lane: 16 a warp (two lanes a channel) was no faster
-_INTERVAL = 32  # steps whose inputs the forward copies at once (64: 1.6x slower)
+_FORWARD_BLOCK_D = 32  # one channel a lane (two lanes a channel were no faster)
+_INTERVAL = 32  # steps whose inputs the forward copies at once (64 were slower)
 
 _failure: str | None = None  # why a kernel could not be built, once one failed
 
@@ -554,7 +551,7 @@ def backward(x, proj, params, dy, checkpoints, dx, dproj, grads, sizes, block_d,
     n_blocks = triton.cdiv(channels, block_d)
     programs = 4 * n_blocks * batch
     # the asynchronous copies move 4 bytes a value at least: bf16 and fp16 inputs are made
-    # float32 first (one pass over each, ~1 % of the kernel's time at stage 0)
+    # float32 first (one cheap pass over each)
     x, proj = x.float(), proj.float()
     gpu = torch.cuda.get_device_properties(x.device)
     state_bytes = sizes["N"] * block_d * 4  # a program's states of one step, float32

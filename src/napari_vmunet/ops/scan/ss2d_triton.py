@@ -48,11 +48,12 @@ try:
 except Exception:  # the backend module reports why it is unavailable
     triton = None
 
-# How L is cut into segments (measured on an H100, benchmarks/RESULTS.md): with fewer
-# (batch, direction, channel) rows than _ROWS_TO_FILL_GPU (a 256² batch of 32 at stage 0) one
-# program per row walks too long a chain alone, and cutting L until rows x segments reaches
-# _SEGMENT_ROWS pays for the second pass many times over (1.7-2.3x at batch 8 and 16);
-# segments shorter than _MIN_SEGMENT steps, or more than _MAX_SEGMENTS, gain nothing more.
+# How L is cut into segments (benchmarks/RESULTS.md, 2026-11-27 later still, "when the fused
+# scan cuts L into segments"): with fewer (batch, direction, channel) rows than
+# _ROWS_TO_FILL_GPU (a 256² batch of 32 at stage 0) one program per row walks too long a chain
+# alone, and cutting L until rows x segments reaches _SEGMENT_ROWS pays for the second pass
+# many times over; segments shorter than _MIN_SEGMENT steps, or more than _MAX_SEGMENTS, gain
+# nothing more.
 _ROWS_TO_FILL_GPU = 24576
 _SEGMENT_ROWS = 196608
 _MIN_SEGMENT = 128
@@ -139,16 +140,16 @@ if triton is not None:
 
     @autotune(configs=_CONFIGS, reset_to_zero=["y_ptr"],
               key=["channels", "length", "n_segments", "PASS", "CHECKPOINT", "DT_GIVEN"])
-    # How deep the loop is pipelined: 3 for long walks (stage 0 of a 256² image 15 % faster),
-    # not at all below 1024 steps a program, where filling the pipeline costs more than it
-    # hides (stage 2: 0.43 ms unpipelined, 0.50 pipelined; benchmarks/RESULTS.md). A rule
-    # rather than a tuned choice: tuning both would double the first run's tuning time.
+    # How deep the loop is pipelined: 3 for long walks, not at all below 1024 steps a program,
+    # where filling the pipeline costs more than it hides (benchmarks/RESULTS.md, 2026-11-27
+    # sixth session). A rule rather than a tuned choice: tuning both would double the first
+    # run's tuning time.
     @triton.heuristics({"STAGES": lambda args: 3 if args["segment_length"] >= 1024 else 1})
     # `channels` is not specialized on its divisibility by 16: then no load along the channels
     # is vectorized, and the compiler lays each channel on one thread with all its N states
     # (tiles of 32 channels or more a warp). With vectorized loads it spread a channel's states
-    # over up to 8 threads, each redoing the channel's dt and shuffling to sum y: 2.6x the
-    # instructions (benchmarks/RESULTS.md).
+    # over up to 8 threads, each redoing the channel's dt and shuffling to sum y, for many more
+    # instructions (benchmarks/RESULTS.md, 2026-11-27 fifth session).
     @triton.jit(do_not_specialize=["channels"])
     def _ss2d_fwd(
         x_ptr, proj_ptr, dtw_ptr, bias_ptr, A_ptr, D_ptr, y_ptr, seg_state_ptr, seg_dt_ptr,
@@ -190,11 +191,11 @@ if triton is not None:
         stop = tl.minimum(start + segment_length, length)
         # Four steps per iteration, their loads issued together before any is used: a step's
         # inputs do not depend on the state, so the memory latency is paid once per four steps
-        # instead of once per step (which bounded the one-step loop at ~1/8 of the bandwidth).
+        # instead of once per step (which bounded the one-step loop far below the bandwidth).
         # The last (stop - start) % 4 steps go one at a time, so no step needs a mask.
         # The loop is software-pipelined (STAGES deep): the loads of the next iterations are
-        # asynchronous copies in flight while this one computes (the kernel waited on its loads
-        # for 41 % of its stall samples without; benchmarks/RESULTS.md).
+        # asynchronous copies in flight while this one computes (without, the kernel mostly
+        # waited on its loads; benchmarks/RESULTS.md, 2026-11-27 sixth session).
         at = (stop, x_base, proj_base, channels, d_mask, r, n)
         inner, count, stride, jump = walk(start, direction, height, width)
         pixel = pixel_at(start, direction, height, width, length)
@@ -260,7 +261,7 @@ if triton is not None:
 
         Both walks read a step's inputs one step ahead, before the current step is computed:
         the loads' latency then overlaps a step's arithmetic instead of stalling it (a program
-        walks alone, one warp, with ~12 programs an SM to hide latency behind).
+        walks alone, one warp, with the other programs of its SM to hide latency behind).
 
         Sums over the channels (the gradients of the pixel's B, C and low-rank dt) and over the
         four directions (that of x) are added with atomics; those of the per-channel parameters
@@ -367,11 +368,10 @@ def segments(batch: int, channels: int, length: int) -> int:
 
 # Where inference makes dt_weight @ dt_low for every pixel with one matrix product before the
 # scan, instead of in the scan's registers (R values a step, four steps in flight: at R = 48
-# the kernel spills). The product's (4, B, L, D) result costs bandwidth, so it pays (H100,
-# config B at 256², benchmarks/RESULTS.md): where L is cut into segments, whose two passes
-# both make dt (batch 1: stages 1-3 1.07x, 1.06x, 1.37x faster), from rank 12; otherwise in
-# 16-bit under autocast from rank 24 (batch 32, bf16: stage 2 1.08x, stage 3 1.29x; stage 1,
-# rank 12, 0.86x), and never in float32 (stage 2 0.89x, stage 3 1.01x).
+# the kernel spills). The product's (4, B, L, D) result costs bandwidth, so it pays only
+# (benchmarks/RESULTS.md, 2026-11-27 fourteenth session): where L is cut into segments, whose
+# two passes both make dt, from rank 12; otherwise in 16-bit under autocast from rank 24; never
+# in float32.
 _DT_PRODUCT_MIN_RANK = 12
 _DT_PRODUCT_MIN_RANK_WHOLE = 24
 
@@ -428,9 +428,9 @@ def forward(x, proj, params, y, checkpoints, sizes, checkpoint_every):
 
 
 # The backward's warps and registers. Registers a thread may use: its one-step-ahead reads take
-# it to ~210, which leaves room for 9 one-warp programs an SM; held to 168 (which the compiler
-# meets without spilling) 12 fit, and the backward is 1.1-1.55x faster than without the reads
-# ahead (1.3x at stage 0), where 210 registers made it slower (H100, benchmarks/RESULTS.md).
+# it past 200, which leaves room for fewer one-warp programs an SM; held to 168 (which the
+# compiler meets without spilling) 12 fit, and the reads ahead pay, where they did not unheld
+# (benchmarks/RESULTS.md, 2026-11-27 eighth session).
 _BWD_WARPS = 1
 _BWD_MAX_REGISTERS = 168
 

@@ -16,7 +16,7 @@ from napari_vmunet.io import read_image
 from napari_vmunet.model import VMUNet, VMUNetConfig
 from napari_vmunet.recipes import RECIPES
 
-from .conftest import DATA, TINY, perturb
+from ..conftest import DATA, TINY, perturb
 
 
 class CountingModel(torch.nn.Module):
@@ -186,7 +186,7 @@ def test_a_large_volume_needs_little_memory_beyond_its_input():
     """512x512x600 float32 (600 MB): the engine adds the uint8 labels (150 MB) and a batch."""
     code = textwrap.dedent("""
         import resource, numpy as np, torch
-        from tests.test_inference import CountingModel
+        from tests.engine.test_inference import CountingModel
         from napari_vmunet.engine import Segmenter
         from napari_vmunet.recipes import RECIPES
         torch.set_num_threads(2)

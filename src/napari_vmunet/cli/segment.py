@@ -1,7 +1,8 @@
-"""``napari-vmunet``: the command line.
+"""``napari-vmunet segment`` and ``napari-vmunet demo``: the Segmenter from a shell.
 
-Each sub-command is a thin layer over the engine: parse arguments, call it, print what happened.
-Errors a user can fix are printed as one message (no traceback) with exit code 2.
+segment: image files in, label files with the inputs' geometry out; under torchrun each process
+takes its share of the files. demo: the bundled model on the bundled T1 head, checked against
+its reference mask.
 """
 
 from __future__ import annotations
@@ -11,17 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-
-def _info(args: argparse.Namespace) -> int:
-    from .info import checkpoint_report, environment_report
-
-    for line in environment_report():
-        print(line)
-    if args.checkpoint:
-        print()
-        for line in checkpoint_report(args.checkpoint):
-            print(line)
-    return 0
+from ..recipes import CT_WINDOWS, RECIPES
 
 
 @dataclass
@@ -42,7 +33,7 @@ def _output_suffix(path: Path) -> str:
 
 def _planned_outputs(args) -> list[tuple[Path, Path, Path | None]]:
     """(input, labels file, probabilities file or None) for every input, refusing clashes."""
-    from .io import strip_suffix
+    from ..io import strip_suffix
 
     inputs = [Path(p) for p in args.inputs]
     if args.output and len(inputs) > 1:
@@ -72,21 +63,18 @@ def _planned_outputs(args) -> list[tuple[Path, Path, Path | None]]:
 def _segment(args: argparse.Namespace) -> int:
     import time
 
+    from ..bundled import default_checkpoint
+    from ..checkpoint import load_checkpoint
+    from ..engine import Segmenter
+    from ..io import read_image, write_labels
+    from ..recipes import chosen_recipe
     from . import distributed
-    from .bundled import default_checkpoint
-    from .checkpoint import load_checkpoint
-    from .engine import Segmenter
-    from .io import read_image, write_labels
-    from .recipes import get_recipe, recipe_for
 
     plans = _planned_outputs(args)
     rank = distributed.init()
     try:
         model = load_checkpoint(args.checkpoint or default_checkpoint())
-        recipe = get_recipe(args.recipe) if args.recipe else None
-        window = _parse_window(args.window) if args.window else None
-        if window is not None:
-            recipe = (recipe or recipe_for(model)[0]).with_window(*window)
+        recipe = chosen_recipe(model, args.recipe, args.window)
         segmenter = Segmenter(model, recipe, device=rank.device(args.device),
                               batch_size=args.batch_size, threshold=args.threshold)
         results = []
@@ -138,7 +126,7 @@ def _with_progress(events, name: str, show: bool = True, leave: bool = False):
     the SegmentationDone at their end."""
     from tqdm import tqdm
 
-    from .engine import Notice, SegmentationDone, SegmentationStarted, SlicesDone
+    from ..engine.events import Notice, SegmentationDone, SegmentationStarted, SlicesDone
 
     done = None
     with tqdm(desc=name, unit="slice", disable=not show, leave=leave) as bar:
@@ -159,17 +147,17 @@ def _demo(args: argparse.Namespace) -> int:
     """Segment the bundled T1 head with the bundled model; report Dice and the output file."""
     import numpy as np
 
-    from .bundled import default_checkpoint, sample_paths
-    from .checkpoint import load_checkpoint
-    from .engine import Segmenter
-    from .io import read_image, write_labels
-    from .metrics import dice
+    from ..bundled import default_checkpoint, sample_paths
+    from ..checkpoint import load_checkpoint
+    from ..engine import Segmenter
+    from ..io import read_image, write_labels
+    from ..metrics import dice
 
     image_path, reference_path = sample_paths("t1-head")
     image, reference = read_image(image_path), read_image(reference_path)
     model = load_checkpoint(default_checkpoint())
     print(f"model   {default_checkpoint().name} ({model.num_parameters():,} parameters, "
-          f"trained on {', '.join(model.provenance.get('data', []))})")
+          f"trained on {', '.join(model.info.provenance.get('data', []))})")
     print(f"sample  {image_path.name} {image.data.shape}, voxels "
           f"{' x '.join(f'{s:g}' for s in image.geometry.spacing)} mm")
     segmenter = Segmenter(model, device=args.device)
@@ -193,41 +181,7 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_window(text: str) -> tuple[float, float]:
-    from .recipes import CT_WINDOWS
-
-    if text in CT_WINDOWS:
-        return CT_WINDOWS[text]
-    try:
-        level, width = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--window takes LEVEL,WIDTH in HU (e.g. 40,400) or one of "
-                         f"{', '.join(CT_WINDOWS)}; got {text!r}") from None
-    if width <= 0:
-        raise ValueError(f"--window width must be positive, got {width:g}")
-    return level, width
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="napari-vmunet",
-        description="VM-UNet segmentation for napari, headless.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    info = commands.add_parser(
-        "info",
-        help="what is installed, which devices and scan backends work, what a checkpoint holds",
-        description="Install doctor: package, torch and napari versions, the torch build, "
-        "CUDA/MPS devices and memory, the selective-scan backend in use and why the others are "
-        "not, and for a checkpoint its config, classes, recipe and parameter count.",
-    )
-    info.add_argument("checkpoint", nargs="?", help="a .pth or .safetensors checkpoint to describe")
-    info.set_defaults(run=_info)
-
+def add_parsers(commands) -> None:
     seg = commands.add_parser(
         "segment",
         help="segment images or volumes (NIfTI, TIFF, NRRD) into label files",
@@ -241,10 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out-dir", help="folder for <name>_labels.<ext> (default: next to INPUT)")
     seg.add_argument("--checkpoint", help="model: .pth from the authors' code or .safetensors "
                      "(default: the bundled T1 brain-extraction model)")
-    seg.add_argument("--recipe", help="preprocessing: isic, synapse-ct, mri, ct (default: the "
+    seg.add_argument("--recipe", help=f"preprocessing: {', '.join(RECIPES)} (default: the "
                      "checkpoint's own, or a guess from its classes)")
-    seg.add_argument("--window", help="CT window LEVEL,WIDTH in HU, or a preset: abdomen, lung, "
-                     "bone, brain, soft tissue")
+    seg.add_argument("--window", help="CT window LEVEL,WIDTH in HU, or a preset: "
+                     f"{', '.join(CT_WINDOWS)}")
     seg.add_argument("--axis", type=int, help="slicing axis of volumes (default: the axial one)")
     seg.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     seg.add_argument("--batch-size", type=int, help="slices per batch (default: from memory)")
@@ -263,23 +217,3 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out-dir", default="napari-vmunet-demo", help="where to write labels")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     demo.set_defaults(run=_demo)
-
-    from .cli_train import add_parsers
-
-    add_parsers(commands)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-
-    try:
-        return args.run(args)
-    except (CheckpointError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-        print(f"napari-vmunet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

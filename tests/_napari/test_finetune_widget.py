@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QFileDialog, QMessageBox
 from napari_vmunet.bundled import default_checkpoint, load_sample
 from napari_vmunet.checkpoint import file_sha256, load_checkpoint
 
-from .conftest import open_with_segment_widget
+from ..conftest import open_with_segment_widget
 
 CORRECTED = [4, 7, 10]  # slices of the CT crop that hold the tumour
 
@@ -114,9 +114,9 @@ def test_fine_tune_use_save_and_revert(session, qtbot, tmp_path):
     saved = tmp_path / "lung-tumour.safetensors"
     qtbot.waitUntil(saved.exists, timeout=30000)
     reloaded = load_checkpoint(saved)
-    assert reloaded.provenance["fine_tuned_on_slices"] == CORRECTED
-    assert reloaded.provenance["labels"] == "ct-lung labels"
-    assert reloaded.provenance["parent_sha256"] == before
+    assert reloaded.info.provenance["fine_tuned_on_slices"] == CORRECTED
+    assert reloaded.info.provenance["labels"] == "ct-lung labels"
+    assert reloaded.info.provenance["parent_sha256"] == before
     qtbot.waitUntil(lambda: "lung-tumour.safetensors" in segment.model_card.value, timeout=5000)
     viewer.add_points(name="a layer change")  # the saved model stays the Segment widget's
     qtbot.wait(50)
@@ -200,7 +200,7 @@ def test_closing_the_window_while_fine_tuning_asks_and_can_save(shown_session, q
     assert tune.worker is None and not tune.workers.busy  # stopped, and waited for
     trainer = tune.tuner.trainer
     assert trainer.step < 5000 and tune.saved_to == saved
-    assert load_checkpoint(saved).provenance["steps"] == trainer.step
+    assert load_checkpoint(saved).info.provenance["steps"] == trainer.step
 
 
 def test_closing_the_window_asks_before_discarding_a_fine_tuned_model(

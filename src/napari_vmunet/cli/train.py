@@ -8,33 +8,26 @@ weights or from a checkpoint; resumable; DistributedDataParallel under ``torchru
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
-
-def _settings(args, **overrides):
-    from .engine.training import TrainingSettings
-
-    values = dict(steps=args.steps, learning_rate=args.lr, batch_size=args.batch_size,
-                  validate_every=args.validate_every, decoder_only=args.decoder_only,
-                  seed=args.seed)
-    values.update(overrides)
-    return TrainingSettings(**values)
+from ..engine.training.settings import DATA_SET_TRAINING, FINE_TUNING
+from ..model.config import PRESETS
+from ..recipes import RECIPES
 
 
-def _check_output(path: Path, overwrite: bool, parent: Path | None = None) -> None:
-    if path.suffix != ".safetensors":
-        raise ValueError(f"-o must name a .safetensors file, got {path.name}")
-    if parent is not None and path.exists() and path.resolve() == parent.resolve():
-        raise ValueError(f"{path} is the checkpoint being trained from; choose a new name")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another name or use --overwrite")
+def _settings(args, defaults):
+    """The run's TrainingSettings: ``defaults`` with what the command line set."""
+    return replace(defaults, steps=args.steps, learning_rate=args.lr,
+                   batch_size=args.batch_size, validate_every=args.validate_every,
+                   decoder_only=args.decoder_only, seed=args.seed)
 
 
 def _progress(events, total, quiet, label):
     """Pass a training generator's events through, drawing a tqdm bar and printing results."""
     from tqdm import tqdm
 
-    from .engine.training import Notice, TrainingStep, ValidationResult
+    from ..engine.events import Notice, TrainingStep, ValidationResult
 
     with tqdm(total=total, desc=label, unit="step", disable=quiet) as bar:
         for event in events:
@@ -51,15 +44,16 @@ def _progress(events, total, quiet, label):
 
 
 def finetune(args: argparse.Namespace) -> int:
-    from .bundled import default_checkpoint
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .engine.training import FineTuner, TrainingDone
-    from .io import read_image
-    from .recipes import get_recipe
+    from ..bundled import default_checkpoint
+    from ..checkpoint import check_save_path, load_checkpoint, save_checkpoint
+    from ..engine.events import TrainingDone
+    from ..engine.training.finetuner import FineTuner
+    from ..io import read_image
+    from ..recipes import chosen_recipe
 
     args.checkpoint = args.checkpoint or str(default_checkpoint())
     output = Path(args.output)
-    _check_output(output, args.overwrite, Path(args.checkpoint))
+    check_save_path(output, overwrite=args.overwrite, parent=args.checkpoint)
     image, labels = read_image(args.image), read_image(args.labels)
     model = load_checkpoint(args.checkpoint)
     axis = args.axis
@@ -67,8 +61,8 @@ def finetune(args: argparse.Namespace) -> int:
         axis = image.geometry.axial_axis()
     slices = [int(s) for s in args.slices.split(",")] if args.slices else None
     tuner = FineTuner(model, image.data, labels.data.astype(int, copy=False), slices=slices,
-                      axis=axis, recipe=get_recipe(args.recipe) if args.recipe else None,
-                      settings=_settings(args), device=args.device,
+                      axis=axis, recipe=chosen_recipe(model, args.recipe),
+                      settings=_settings(args, FINE_TUNING), device=args.device,
                       extend_classes=args.extend_classes, spacing=image.geometry.spacing_mm())
     print(f"fine-tuning on {len(tuner.slices)} slice(s) along axis {tuner.axis}: "
           f"{', '.join(map(str, tuner.slices[:20]))}{' ...' if len(tuner.slices) > 20 else ''}")
@@ -89,21 +83,16 @@ def finetune(args: argparse.Namespace) -> int:
 def train(args: argparse.Namespace) -> int:
     import torch
 
+    from ..checkpoint import check_save_path, init_from_vmamba, load_checkpoint, save_checkpoint
+    from ..engine.device import resolve_device
+    from ..engine.events import TrainingDone, TrainingStep
+    from ..engine.training.data import SliceSet, split_slices, volume_slices
+    from ..engine.training.trainer import LogitsOf, Trainer
+    from ..io import read_image
+    from ..model import VMUNet, VMUNetConfig
+    from ..model.info import ModelInfo
+    from ..recipes import chosen_recipe, get_recipe, recipe_for
     from . import distributed
-    from .checkpoint import init_from_vmamba, load_checkpoint, save_checkpoint
-    from .engine.device import resolve_device
-    from .engine.training import (
-        LogitsOf,
-        SliceSet,
-        Trainer,
-        TrainingDone,
-        TrainingStep,
-        split_slices,
-        volume_slices,
-    )
-    from .io import read_image
-    from .model import PRESETS, VMUNet, VMUNetConfig
-    from .recipes import get_recipe, recipe_for
 
     if len(args.images) != len(args.labels):
         raise ValueError(f"{len(args.images)} images but {len(args.labels)} label files: give "
@@ -111,8 +100,7 @@ def train(args: argparse.Namespace) -> int:
     output = Path(args.output)
     state_path = output.with_name(output.name + ".train-state.pt")
     if not args.resume:
-        _check_output(output, args.overwrite,
-                      Path(args.checkpoint) if args.checkpoint else None)
+        check_save_path(output, overwrite=args.overwrite, parent=args.checkpoint)
     elif not state_path.exists():
         raise FileNotFoundError(f"--resume: no training state {state_path} to resume from")
     rank = distributed.init(backend="nccl" if args.device != "cpu" and torch.cuda.is_available()
@@ -124,20 +112,15 @@ def train(args: argparse.Namespace) -> int:
 
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint)
-        recipe = get_recipe(args.recipe) if args.recipe else recipe_for(model)[0]
+        recipe = chosen_recipe(model, args.recipe) or recipe_for(model)[0]
     else:
-        base = {
-            "published": PRESETS["isic"],
-            "small": VMUNetConfig(dims=(48, 96, 192, 384)),
-            "tiny": VMUNetConfig(dims=(32, 64, 128, 256), depths=(1, 1, 1, 1),
-                                 depths_decoder=(1, 1, 1, 1)),
-        }[args.config]
-        config = VMUNetConfig(**{**base.to_dict(), "num_classes": args.classes,
+        config = VMUNetConfig(**{**PRESETS[args.config].to_dict(), "num_classes": args.classes,
                                  "image_size": args.size})
         model = VMUNet(config)
         recipe = get_recipe(args.recipe or "mri")
-        if recipe.class_names and len(recipe.class_names) == config.num_classes:
-            model.class_names = list(recipe.class_names)
+        names = recipe.class_names
+        model.info = ModelInfo(recipe, names if names and len(names) == config.num_classes
+                               else None)
         if args.init_vmamba:
             counts = init_from_vmamba(model, args.init_vmamba)
             if rank.is_main:
@@ -167,9 +150,9 @@ def train(args: argparse.Namespace) -> int:
         ddp = torch.nn.parallel.DistributedDataParallel(
             LogitsOf(model), device_ids=[device.index] if device.type == "cuda" else None)
     trainer = Trainer(model, data.subset(train_idx), data.subset(val_idx),
-                      _settings(args, batch_size=per_process, zoom=args.zoom, gamma=args.gamma),
-                      device,
-                      ddp_model=ddp, rank=rank.rank, value_range=recipe.value_range)
+                      replace(_settings(args, DATA_SET_TRAINING), batch_size=per_process,
+                              zoom=args.zoom, gamma=args.gamma),
+                      device, ddp_model=ddp, rank=rank.rank, value_range=recipe.value_range)
     if args.resume:
         trainer.load_state(torch.load(state_path, map_location="cpu", weights_only=True))
         if rank.is_main:
@@ -204,21 +187,26 @@ def train(args: argparse.Namespace) -> int:
 def _save_state(state: dict, path: Path) -> None:
     import torch
 
-    from .io import atomic_write
+    from ..io import atomic_write
 
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def add_parsers(commands) -> None:
-    def common(p, steps, lr, batch):
+    def common(p, defaults):
         p.add_argument("-o", "--output", required=True, help="the new .safetensors checkpoint")
         p.add_argument("--checkpoint", help="the model to start from (.pth or .safetensors; "
                        "finetune's default: the bundled T1 brain model)")
-        p.add_argument("--recipe", help="preprocessing (default: the checkpoint's own)")
-        p.add_argument("--steps", type=int, default=steps, help=f"training steps ({steps})")
-        p.add_argument("--lr", type=float, default=lr, help=f"peak learning rate ({lr:g})")
-        p.add_argument("--batch-size", type=int, default=batch, help=f"slices per step ({batch})")
-        p.add_argument("--validate-every", type=int, default=20, help="steps between validations")
+        p.add_argument("--recipe", help=f"preprocessing: {', '.join(RECIPES)} (default: the "
+                       "checkpoint's own)")
+        p.add_argument("--steps", type=int, default=defaults.steps,
+                       help=f"training steps ({defaults.steps})")
+        p.add_argument("--lr", type=float, default=defaults.learning_rate,
+                       help=f"peak learning rate ({defaults.learning_rate:g})")
+        p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help=f"slices per step ({defaults.batch_size})")
+        p.add_argument("--validate-every", type=int, default=defaults.validate_every,
+                       help=f"steps between validations ({defaults.validate_every})")
         p.add_argument("--decoder-only", action="store_true", help="keep the encoder frozen")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
         p.add_argument("--seed", type=int, default=0, help="for a repeatable run")
@@ -236,7 +224,7 @@ def add_parsers(commands) -> None:
     ft.add_argument("--axis", type=int, help="slicing axis (default: the axial one)")
     ft.add_argument("--extend-classes", action="store_true",
                     help="grow the model's head when the labels have more classes")
-    common(ft, steps=200, lr=3e-4, batch=8)
+    common(ft, FINE_TUNING)
     ft.set_defaults(run=finetune)
 
     tr = commands.add_parser(
@@ -245,9 +233,9 @@ def add_parsers(commands) -> None:
         "(--resume); runs under torchrun with DistributedDataParallel.")
     tr.add_argument("--images", nargs="+", required=True, help="image files")
     tr.add_argument("--labels", nargs="+", required=True, help="label files, same order")
-    tr.add_argument("--config", choices=["published", "small", "tiny"], default="small",
-                    help="architecture when not starting from --checkpoint: the published "
-                    "27 M model, small (dims 48-384) or tiny (32-256, one block a stage)")
+    tr.add_argument("--config", choices=PRESETS, default="small",
+                    help="architecture when not starting from --checkpoint: "
+                    f"{', '.join(PRESETS)} (small)")
     tr.add_argument("--classes", type=int, default=1, help="classes (1: binary, sigmoid)")
     tr.add_argument("--init-vmamba", help="VMamba-S v0 ImageNet weights to start from")
     tr.add_argument("--axes", default="0,1,2", help="slice along these axes (0,1,2)")
@@ -256,9 +244,11 @@ def add_parsers(commands) -> None:
     tr.add_argument("--save-every", type=int, default=100, help="steps between state saves")
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT.train-state.pt")
     tr.add_argument("--fp16", action="store_true", help="store the weights in float16")
-    tr.add_argument("--zoom", type=float, default=0.25,
-                    help="augmentation: random scale up to 1 + ZOOM (0.25), for other voxel sizes")
-    tr.add_argument("--gamma", type=float, default=0.4,
-                    help="augmentation: contrast curve up to 1 + GAMMA (0.4), for other scanners")
-    common(tr, steps=2000, lr=1e-3, batch=16)
+    tr.add_argument("--zoom", type=float, default=DATA_SET_TRAINING.zoom,
+                    help=f"augmentation: random scale up to 1 + ZOOM ({DATA_SET_TRAINING.zoom}), "
+                    "for other voxel sizes")
+    tr.add_argument("--gamma", type=float, default=DATA_SET_TRAINING.gamma,
+                    help="augmentation: contrast curve up to 1 + GAMMA "
+                    f"({DATA_SET_TRAINING.gamma}), for other scanners")
+    common(tr, DATA_SET_TRAINING)
     tr.set_defaults(run=train)

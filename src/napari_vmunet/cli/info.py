@@ -1,8 +1,9 @@
-"""The install doctor behind ``napari-vmunet info``: versions, devices, which scan backend runs
-where and why the others don't, and what a checkpoint contains."""
+"""``napari-vmunet info``, the install doctor: versions, devices, which scan backend runs where
+and why the others don't, and what a checkpoint contains."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
@@ -19,8 +20,8 @@ def _version_of(dist: str) -> str:
 def environment_report() -> list[str]:
     import torch
 
-    from . import __version__
-    from .ops.scan import ENV_VAR, backend_report, resolve_backend
+    from .. import __version__
+    from ..ops.scan import ENV_VAR, backend_report, resolve_backend
 
     lines = [
         f"napari-vmunet {__version__}",
@@ -78,18 +79,18 @@ def _torch_build(torch) -> str:
 
 
 def checkpoint_report(path: str | Path) -> list[str]:
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     model = load_checkpoint(path)
-    cfg = model.config
-    classes = model.class_names or (
+    cfg, info = model.config, model.info
+    classes = info.class_names or (
         ["foreground"] if cfg.num_classes == 1
         else ["background", *(f"class {i}" for i in range(1, cfg.num_classes))]
     )
     output = "sigmoid probability" if cfg.num_classes == 1 else "logits (softmax/argmax)"
     lines = [
         f"checkpoint    {Path(path).resolve()}",
-        f"sha256        {model.checkpoint_sha256}",
+        f"sha256        {info.sha256}",
         f"parameters    {model.num_parameters():,}",
         f"classes       {cfg.num_classes}: {', '.join(classes)} ({output})",
         f"input         {cfg.in_chans} channels (1-channel images are tiled), sides multiples "
@@ -98,12 +99,34 @@ def checkpoint_report(path: str | Path) -> list[str]:
         f"architecture  dims {list(cfg.dims)}, depths {list(cfg.depths)}, decoder depths "
         f"{list(cfg.depths_decoder)}, d_state {cfg.d_state}",
     ]
-    if model.recipe:
-        lines.append(f"recipe        {model.recipe}")
+    if info.recipe is not None:
+        lines.append(f"recipe        {info.recipe.name}: {info.recipe.description}")
     else:
         lines.append("recipe        none stored (a file from the authors' code); choose the "
                      "preprocessing when you segment")
-    for key, value in (model.provenance or {}).items():
+    for key, value in info.provenance.items():
         if value not in (None, "", [], {}):
             lines.append(f"provenance    {key}: {value}")
     return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    for line in environment_report():
+        print(line)
+    if args.checkpoint:
+        print()
+        for line in checkpoint_report(args.checkpoint):
+            print(line)
+    return 0
+
+
+def add_parsers(commands) -> None:
+    info = commands.add_parser(
+        "info",
+        help="what is installed, which devices and scan backends work, what a checkpoint holds",
+        description="Install doctor: package, torch and napari versions, the torch build, "
+        "CUDA/MPS devices and memory, the selective-scan backend in use and why the others are "
+        "not, and for a checkpoint its config, classes, recipe and parameter count.",
+    )
+    info.add_argument("checkpoint", nargs="?", help="a .pth or .safetensors checkpoint to describe")
+    info.set_defaults(run=run)

@@ -9,7 +9,7 @@ import tifffile
 
 from napari_vmunet.io import ImageReadError, read_image, write_labels
 
-from .conftest import DATA
+from ..conftest import DATA
 
 
 def test_nifti_head_keeps_its_stored_order_and_affine():

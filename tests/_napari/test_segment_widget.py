@@ -11,7 +11,7 @@ from scipy import ndimage
 from napari_vmunet._napari._segment_widget import RECENT_KEY, settings
 from napari_vmunet.bundled import load_sample
 
-from .conftest import open_with_segment_widget
+from ..conftest import open_with_segment_widget
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 from napari_vmunet._napari._reader import get_reader
 from napari_vmunet.io import read_image
 
-from .conftest import DATA
+from ..conftest import DATA
 
 HEAD, MASK = DATA / "robex_t1_3mm.nii.gz", DATA / "robex_brainmask_3mm.nii.gz"
 

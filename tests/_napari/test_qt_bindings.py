@@ -29,7 +29,7 @@ def test_the_widgets_work_under_the_other_qt_binding():
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          *(str(TESTS / t) if t.endswith(".py") else t for t in WIDGET_TESTS)],
-        capture_output=True, text=True, env=env, cwd=TESTS.parent, timeout=900)
+        capture_output=True, text=True, env=env, cwd=TESTS.parents[1], timeout=900)
     summary = "\n".join(run.stdout.splitlines()[-15:])
     assert run.returncode == 0, summary
     gui = re.search(r"GUI tests: (\d+) passed, 0 failed, 0 skipped, in real napari viewers "

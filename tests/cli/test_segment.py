@@ -10,7 +10,7 @@ import pytest
 from napari_vmunet import cli
 from napari_vmunet.io import read_image
 
-from .conftest import DATA
+from ..conftest import DATA
 
 
 @pytest.fixture
@@ -74,7 +74,7 @@ def test_a_failing_file_does_not_stop_the_others(inputs, tiny_checkpoint, capsys
 
 @pytest.mark.parametrize("argv, message", [
     (["a.nii.gz", "b.nii.gz", "-o", "x.nii.gz"], "-o/--output names one file"),
-    (["a.nii.gz", "--window", "wide"], "--window takes LEVEL,WIDTH"),
+    (["a.nii.gz", "--window", "wide"], "a CT window is LEVEL,WIDTH in HU"),
     (["a.nii.gz", "--window", "40,-1"], "width must be positive"),
     (["a.nii.gz", "--recipe", "xray"], "unknown recipe 'xray'"),
     (["a.nii.gz", "--device", "tpu"], "unknown device 'tpu'"),
@@ -85,6 +85,22 @@ def test_bad_arguments_are_one_line_errors(argv, message, tiny_checkpoint, capsy
     assert cli.main(["segment", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_the_help_lists_every_recipe_window_and_architecture(capsys):
+    from napari_vmunet.model.config import PRESETS
+    from napari_vmunet.recipes import CT_WINDOWS, RECIPES
+
+    helps = {}
+    for command in ("segment", "finetune", "train"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        helps[command] = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in RECIPES:
+        assert all(name in text for text in helps.values()), name
+    assert all(name in helps["segment"] for name in CT_WINDOWS)
+    assert all(name in helps["train"] for name in PRESETS)
+    assert "(200)" in helps["finetune"] and "(2000)" in helps["train"]  # the settings' defaults
 
 
 def test_torchrun_shares_files_and_matches_one_process(inputs, tiny_checkpoint, tmp_path):
@@ -115,7 +131,7 @@ def test_torchrun_shares_files_and_matches_one_process(inputs, tiny_checkpoint, 
 
 def test_non_axial_storage_keeps_shape_dtype_and_affine(tmp_path, tiny_checkpoint):
     """A head stored sagittal-first (permuted axes and affine): labels match it exactly."""
-    from .test_io import _reoriented_head
+    from ..io.test_io import _reoriented_head
 
     path, _ = _reoriented_head(tmp_path)
     assert cli.main(["segment", str(path), "--checkpoint", str(tiny_checkpoint), "-q"]) == 0

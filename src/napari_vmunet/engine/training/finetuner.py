@@ -1,0 +1,130 @@
+"""Fine-tuning on the slices a user corrected in one image or volume.
+
+    tuner = FineTuner(model, volume, labels, slices=[40, 52, 60], axis=0)
+    for event in tuner.run():
+        ...
+    tuner.restore_best()   # also done at the end of run()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+
+import numpy as np
+
+from ...recipes import Recipe, recipe_for
+from ..device import resolve_device
+from ..events import Notice
+from ..preprocess import in_plane_spacing
+from .data import prepare_slices, split_slices
+from .settings import TrainingSettings
+from .trainer import Trainer
+
+
+class FineTuner:
+    """Fine-tune ``model`` on the corrected slices of one image or volume.
+
+    ``slices``: indices along ``axis`` that the user corrected (None: every slice holding a
+    label). With three or more, about a fifth (at least one) are held out for validation;
+    with fewer, training slices are also the validation slices (and a notice says so).
+    Labels beyond the model's classes are refused unless ``extend_classes`` (the head grows;
+    the existing classes keep their weights). ``spacing``: the voxel size along each axis of
+    ``labels``, for recipes that resample to a pixel size.
+    """
+
+    def __init__(self, model, image: np.ndarray, labels: np.ndarray,
+                 slices: Sequence[int] | None = None, axis: int | None = 0,
+                 recipe: Recipe | None = None, settings: TrainingSettings | None = None,
+                 device="auto", extend_classes: bool = False,
+                 spacing: Sequence[float] | None = None):
+        self.settings = settings or TrainingSettings()
+        self.device = resolve_device(device)
+        image, labels = np.asarray(image), np.asarray(labels)
+        self.notes: list[str] = []
+        if recipe is None:
+            recipe, note = recipe_for(model)
+            if note:
+                self.notes.append(note)
+        self.recipe = recipe
+        self.slices, self.axis = _check_inputs(image, labels, slices, axis)
+        self._image, self._labels = image, labels  # references; slices are copied in run()
+        self._pixel_spacing = in_plane_spacing(spacing, self.axis, labels.ndim)
+        classes_needed = int(labels.max()) + 1 if labels.size else 1
+        allowed = max(2, model.config.num_classes)
+        if classes_needed > allowed:
+            if not extend_classes:
+                raise ValueError(
+                    f"the labels use values up to {classes_needed - 1} but the model knows "
+                    f"{allowed} classes (0..{allowed - 1}); allow extending its head "
+                    "(extend_classes / --extend-classes) or relabel"
+                )
+            model.extend_head(classes_needed)
+            self.notes.append(f"the model's head was extended to {classes_needed} classes")
+        self.model = model.to(self.device)
+
+        self.trainer: Trainer | None = None
+
+    def run(self) -> Iterator:
+        train_idx, val_idx = split_slices(self.slices, self.settings.seed)
+        if not val_idx:
+            val_idx = train_idx
+            self.notes.append(f"only {len(self.slices)} corrected slice(s): validating on the "
+                              "training slices (correct 3 or more for an honest validation)")
+        multiple = self.model.config.size_multiple
+        data = prepare_slices(self._image, self._labels, self.slices, self.axis, self.recipe,
+                              multiple, self.device, pixel_spacing=self._pixel_spacing)
+        position = {s: i for i, s in enumerate(self.slices)}
+        train = data.subset([position[s] for s in train_idx])
+        validation = data.subset([position[s] for s in val_idx])
+        self.trainer = Trainer(self.model, train, validation, self.settings, self.device,
+                               value_range=self.recipe.value_range)
+        for note in self.notes:
+            yield Notice(note)
+        yield from self.trainer.run()
+
+    def restore_best(self) -> None:
+        if self.trainer is not None:
+            self.trainer.restore_best()
+
+    def provenance(self) -> dict:
+        t = self.trainer
+        return {
+            "fine_tuned_on_slices": list(self.slices), "slicing_axis": self.axis,
+            "steps": t.step if t else 0, "best_step": t.best_step if t else 0,
+            "validation_dice": t.best_dice if t else None,
+            "settings": asdict(self.settings),
+        }
+
+
+def _check_inputs(image, labels, slices, axis):
+    if labels.shape != image.shape[: labels.ndim] or labels.ndim not in (2, 3):
+        raise ValueError(f"labels have shape {labels.shape} but the image has {image.shape}; "
+                         "they must cover the same voxels")
+    if labels.dtype.kind not in "iub":
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels cannot be negative")
+    if labels.ndim == 2:
+        if not labels.any():
+            raise ValueError("the labels are empty: paint the structure before fine-tuning")
+        return [0], None
+    axis = axis % 3
+    n = labels.shape[axis]
+    moved = np.moveaxis(labels, axis, 0)
+    if slices is None:
+        slices = [i for i in range(n) if moved[i].any()]
+        if not slices:
+            raise ValueError("no slice holds a label: paint the structure on the slices you "
+                             "corrected before fine-tuning")
+    slices = sorted({int(s) for s in slices})
+    if not slices:
+        raise ValueError("no corrected slices given: correct at least one slice first")
+    bad = [s for s in slices if not -n <= s < n]
+    if bad:
+        raise ValueError(f"slice {bad[0]} does not exist: axis {axis} has slices 0..{n - 1}")
+    slices = sorted({s % n for s in slices})
+    if not any(moved[s].any() for s in slices):
+        raise ValueError(f"the corrected slices {slices[:10]} hold no labels at all; paint the "
+                         "structure on at least one of them")
+    return slices, axis

@@ -1,0 +1,42 @@
+"""How a training run goes: one settings class, its defaults read by the widgets and the CLI.
+
+No torch here: the Fine-tune widget shows these defaults before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Fine-tuning on a few corrected slices, by default; :data:`DATA_SET_TRAINING` has the
+    defaults for training on whole data sets."""
+
+    steps: int = 200
+    learning_rate: float = 3e-4
+    batch_size: int = 8
+    weight_decay: float = 1e-2
+    warmup_fraction: float = 0.05
+    validate_every: int = 20
+    patience: int = 8  # validations without improvement before stopping early
+    grad_clip: float = 1.0
+    decoder_only: bool = False
+    augment: bool = True
+    zoom: float = 0.1  # augmentation: scale by up to +-10 %
+    gamma: float = 0.0  # augmentation: contrast curve x**g, g up to 1 + gamma
+    bf16: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1 or self.validate_every < 1:
+            raise ValueError("steps, batch size and validation interval must be at least 1")
+        if not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning rate must be in (0, 1), got {self.learning_rate}")
+
+
+FINE_TUNING = TrainingSettings()
+# Many volumes, every slice: longer, a higher rate, bigger batches, and augmentation wide
+# enough for other voxel sizes and scanners.
+DATA_SET_TRAINING = replace(FINE_TUNING, steps=2000, learning_rate=1e-3, batch_size=16,
+                            zoom=0.25, gamma=0.4)
