@@ -31,8 +31,18 @@ def test_lazy_names_resolve():
     import napari_vmunet
 
     assert napari_vmunet.load_checkpoint.__module__ == "napari_vmunet.checkpoint"
+    for name in napari_vmunet.__all__:
+        assert getattr(napari_vmunet, name) is not None, name
+    assert napari_vmunet.Segmenter.__module__ == "napari_vmunet.engine.inference"
     with pytest.raises(AttributeError):
         napari_vmunet.no_such_thing  # noqa: B018
+
+
+def test_what_a_python_user_reaches_for_first_needs_no_torch():
+    result = _run_python(
+        "import sys, napari_vmunet as vm; vm.Recipe, vm.get_recipe, vm.TrainingSettings, "
+        "vm.read_image, vm.write_labels; sys.exit('torch' in sys.modules)")
+    assert result.returncode == 0, result.stderr
 
 
 def test_console_script_is_installed():
