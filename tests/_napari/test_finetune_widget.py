@@ -126,6 +126,41 @@ def test_fine_tune_use_save_and_revert(session, qtbot, tmp_path):
     assert segment.model is base_model and not tune.use_button.enabled
 
 
+def test_apply_fills_the_uncorrected_slices_in_one_undo_and_the_loop_goes_on(session, qtbot):
+    viewer, segment, tune = session
+    from napari_vmunet.engine import Segmenter
+
+    layer = viewer.layers["ct-lung labels"]
+    paint_reference(viewer, CORRECTED)
+    qtbot.waitUntil(lambda: len(tune.slice_list.choices) == 3, timeout=5000)
+    tune.steps.value = 4
+    tune.start()
+    qtbot.waitUntil(lambda: tune.worker is None, timeout=180000)
+    corrected = np.array(layer.data[CORRECTED], copy=True)
+    before = np.array(layer.data, copy=True)
+
+    tune.apply_to_new_layer.value = True  # first beside it: the layer is left as it is
+    tune.apply()
+    qtbot.waitUntil(lambda: "ct-lung labels (fine-tuned)" in viewer.layers, timeout=120000)
+    beside = viewer.layers["ct-lung labels (fine-tuned)"].data
+    assert (layer.data == before).all() and (beside[CORRECTED] == corrected).all()
+
+    tune.apply_to_new_layer.value = False
+    tune.apply()
+    qtbot.waitUntil(lambda: tune.status.value.startswith("applied"), timeout=120000)
+    ct, _ = load_sample("ct-lung")
+    expected = Segmenter(tune.tuned, tune.tuner.recipe, device="cpu").segment(
+        ct.data, axis=0, spacing=ct.geometry.spacing_mm()).labels
+    others = [k for k in range(before.shape[0]) if k not in CORRECTED]
+    assert (layer.data[CORRECTED] == corrected).all()  # the user's, untouched
+    assert (layer.data[others] == expected[others]).all()  # the fine-tuned model's
+    assert (beside == layer.data).all()
+    assert segment.model is tune.tuned  # the next round starts from this model
+    assert tune.corrected_slices() == CORRECTED  # and still trains on the corrections
+    layer.undo()  # one step takes the whole apply back
+    assert (layer.data == before).all()
+
+
 def test_stop_keeps_the_best_weights(session, qtbot):
     viewer, _, tune = session
     paint_reference(viewer, CORRECTED)

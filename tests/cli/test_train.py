@@ -4,8 +4,11 @@ resuming, torchrun."""
 import subprocess
 import sys
 
+import numpy as np
+
 from napari_vmunet import cli
 from napari_vmunet.checkpoint import file_sha256, load_checkpoint
+from napari_vmunet.io import read_image
 from napari_vmunet.recipes import RECIPES
 
 from ..conftest import DATA
@@ -35,6 +38,46 @@ def test_cli_finetune_saves_a_new_file_and_leaves_the_parent(tmp_path, capsys):
     assert file_sha256(parent) == digest
     assert cli.main([*args, "-o", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_cli_finetune_applies_the_model_and_keeps_the_corrected_slices(tmp_path, capsys):
+    """--apply: the image segmented by the fine-tuned model, with the corrected slices exactly
+    as painted (here: the reference's, with a stroke the model could never have predicted)."""
+    from napari_vmunet.checkpoint import save_checkpoint
+    from napari_vmunet.engine import Segmenter
+    from napari_vmunet.io import write_labels
+
+    parent = save_checkpoint(small_model(), tmp_path / "parent.safetensors",
+                             recipe=RECIPES["mri"])
+    image = str(DATA / "robex_t1_3mm.nii.gz")
+    mask = read_image(DATA / "robex_brainmask_3mm.nii.gz")
+    painted = mask.data.astype(np.uint8)
+    painted[:5, :5, 35] = 1  # a corner no model would call brain
+    labels = write_labels(painted, tmp_path / "corrected.nii.gz", mask.geometry)
+    out, applied = tmp_path / "tuned.safetensors", tmp_path / "applied.nii.gz"
+    args = ["finetune", image, str(labels), "--checkpoint", str(parent), "--slices", "20,35,50",
+            "--steps", "4", "--validate-every", "2", "--batch-size", "2", "--device", "cpu", "-q"]
+
+    applied.write_bytes(b"precious")  # refused before any training: nothing is written
+    assert cli.main([*args, "-o", str(out), "--apply", str(applied)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert not out.exists() and applied.read_bytes() == b"precious"
+    assert cli.main([*args, "-o", str(out), "--apply", str(labels)]) == 2
+    assert "would write over the input" in capsys.readouterr().err
+    assert cli.main([*args, "-o", str(out), "--apply", str(tmp_path / "a.png")]) == 2
+
+    applied.unlink()
+    assert cli.main([*args, "-o", str(out), "--apply", str(applied)]) == 0
+    assert f"applied {applied}: 74 slice(s) from the fine-tuned model, 3 corrected" in \
+        capsys.readouterr().out
+    result = read_image(applied)
+    assert np.allclose(result.geometry.affine, mask.geometry.affine)
+    corrected = [20, 35, 50]
+    assert (result.data[..., corrected] == painted[..., corrected]).all()
+    model = Segmenter(load_checkpoint(out), device="cpu").segment(
+        read_image(image).data, axis=2, spacing=mask.geometry.spacing_mm()).labels
+    others = [k for k in range(painted.shape[2]) if k not in corrected]
+    assert (result.data[..., others] == model[..., others]).all()
 
 
 def test_cli_train_resumes_and_runs_under_torchrun(tmp_path, capsys):

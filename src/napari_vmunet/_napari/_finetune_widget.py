@@ -103,15 +103,23 @@ class FineTuneWidget(ScrollingDock):
         self.save_button = PushButton(text="Save as…", enabled=False)
         self.revert_button = PushButton(text="Revert", enabled=False,
                                         tooltip="back to the model fine-tuning started from")
+        self.apply_button = PushButton(
+            text="Apply to uncorrected slices", enabled=False,
+            tooltip="segment the slices you did not correct with the fine-tuned model, into "
+            "the labels layer (one undo step); your corrected slices stay as you painted them")
+        self.apply_to_new_layer = CheckBox(text="as a new layer",
+                                           tooltip="leave the labels layer as it is")
         self.plot = TrainingPlot()
         self._results = button_row(self.save_button, self.revert_button)
+        self._applying = button_row(self.apply_button, self.apply_to_new_layer)
         self.set_controls([
             self.model_card, self.image_choice, self.labels_choice, self.axis,
             self.slice_list, button_row(self.goto_button, self.add_button, self.remove_button),
             self.recipe_choice, self.window, self.steps, self.learning_rate, self.batch,
             self.decoder_only, self.device, button_row(self.start_button, self.stop_button),
             self.progress, self.status],
-            below=[self.plot, self.use_button.native, self._results.native])
+            below=[self.plot, self._applying.native, self.use_button.native,
+                   self._results.native])
 
         self._refresh_timer = QTimer(self.native)  # dies with the widget
         self._refresh_timer.setSingleShot(True)
@@ -126,6 +134,7 @@ class FineTuneWidget(ScrollingDock):
         self.start_button.clicked.connect(self.start)
         self.stop_button.clicked.connect(self.stop)
         self.use_button.clicked.connect(self.use_for_segment)
+        self.apply_button.clicked.connect(self.apply)
         self.save_button.clicked.connect(self._ask_where_to_save)
         self.revert_button.clicked.connect(self.revert)
         self.session.changed.connect(self._show_base)
@@ -299,7 +308,7 @@ class FineTuneWidget(ScrollingDock):
         self.plot.reset(settings.steps)
         self.progress.max, self.progress.value, self.progress.visible = settings.steps, 0, True
         self.start_button.enabled, self.stop_button.enabled = False, True
-        for button in (self.use_button, self.save_button, self.revert_button):
+        for button in self._result_buttons:
             button.enabled = False
         self.status.value = f"preparing {len(slices)} slice(s)…"
         self.worker = self.workers.start(work, on_event=self._on_event, on_error=self._on_error,
@@ -365,10 +374,14 @@ class FineTuneWidget(ScrollingDock):
         how = self.result.stop_reason if self.result is not None else "stopped"
         self.status.value = (f"best validation Dice {trainer.best_dice:.3f} at step "
                              f"{trainer.best_step} of {trainer.step} ({how}); kept")
-        for button in (self.use_button, self.save_button, self.revert_button):
+        for button in self._result_buttons:
             button.enabled = True
 
     # -- the result ------------------------------------------------------------------------
+
+    @property
+    def _result_buttons(self):
+        return (self.use_button, self.save_button, self.revert_button, self.apply_button)
 
     def _tuned_title(self) -> str:
         return f"{self.base.title} fine-tuned on {self._names[1]} (unsaved)"
@@ -378,6 +391,81 @@ class FineTuneWidget(ScrollingDock):
             self.session.set(self.tuned, None, self._tuned_title())
             show_info("VM-UNet: the Segment widget now uses the fine-tuned model")
 
+    def apply(self) -> None:
+        """Segment the image with the fine-tuned model (in a worker); the result goes to the
+        labels layer with the corrected slices kept (:meth:`_applied`)."""
+        from ..engine import Segmenter
+        from ..engine.events import SegmentationDone, SlicesDone
+
+        image_layer, layer = self.image_choice.value, self._labels_layer
+        if self.tuned is None or self.tuner is None or image_layer is None or layer is None:
+            show_info("VM-UNet: fine-tune first, then apply the result")
+            return
+        try:
+            segmenter = Segmenter(self.tuned, self.tuner.recipe, device=self.device.value)
+        except ValueError as exc:
+            show_error(f"VM-UNet: {exc}")
+            return
+        target, axis = layer, self.slicing_axis()
+        done = []
+
+        def on_event(event):
+            if isinstance(event, SlicesDone):
+                self.progress.max, self.progress.value = event.total, event.stop
+            elif isinstance(event, SegmentationDone):
+                done.append(event)
+
+        def on_finished():
+            self.progress.visible = False
+            for button in self._result_buttons:
+                button.enabled = self.tuned is not None
+            if done:
+                self._applied(done[0].labels, target, axis)
+
+        for button in self._result_buttons:
+            button.enabled = False
+        self.progress.value, self.progress.visible = 0, True
+        self.status.value = "applying the fine-tuned model to the uncorrected slices…"
+        self._applier = self.workers.start(
+            segmenter.run, np.asarray(image_layer.data), axis=axis,
+            rgb=bool(getattr(image_layer, "rgb", False)),
+            spacing=layer_spacing_mm(image_layer), on_event=on_event, on_finished=on_finished,
+            on_error=lambda exc: show_error(f"VM-UNet: could not apply: {exc}"))
+
+    def _applied(self, predicted: np.ndarray, layer, axis: int | None) -> None:
+        """On the GUI thread: the slices the user did not correct become the fine-tuned
+        model's, in one undoable edit of the labels layer (or a new layer); the corrected
+        slices, as they are now, stay untouched. The model becomes the one in use, so that
+        correcting more and fine-tuning again goes on from it."""
+        from ..engine.corrections import keep_corrections
+
+        current = np.asarray(layer.data)
+        if current.shape != predicted.shape:
+            show_error(f"VM-UNet: the labels layer has shape {current.shape} but the image "
+                       f"{predicted.shape}; nothing was changed")
+            return
+        corrected = self.corrected_slices() if layer is self._labels_layer else []
+        merged = keep_corrections(predicted, current, corrected, axis)
+        if self.apply_to_new_layer.value:
+            self.viewer.add_labels(
+                merged.astype(current.dtype), name=f"{layer.name} (fine-tuned)",
+                scale=layer.scale, translate=layer.translate,
+                metadata={**layer.metadata, PREDICTION_KEY: predicted.copy()})
+        else:
+            changed = np.nonzero(merged != current)
+            layer.data_setitem(changed, merged[changed])  # one step of the layer's undo
+            # the new prediction is what later corrections differ from; the slices corrected
+            # so far stay in the training set
+            self._added |= set(corrected)
+            layer.metadata[PREDICTION_KEY] = predicted.copy()
+            self.refresh_slices()
+        self.session.set(self.tuned, self.saved_to,
+                         self.saved_to.name if self.saved_to else self._tuned_title())
+        n = 1 if axis is None else current.shape[axis]
+        self.status.value = (f"applied: {n - len(corrected)} slice(s) from the fine-tuned model, "
+                             f"{len(corrected)} corrected slice(s) kept; correct more and "
+                             "Start again to go on from this model")
+
     def revert(self) -> None:
         if self.tuned is None:
             return
@@ -385,7 +473,7 @@ class FineTuneWidget(ScrollingDock):
         if current is not None and current.model is self.tuned:
             self.session.set(self.base.model, self.base.path, self.base.title)
         self.tuned = None
-        for button in (self.use_button, self.save_button, self.revert_button):
+        for button in self._result_buttons:
             button.enabled = False
         self.status.value = f"reverted: back to {self.base.title}"
 

@@ -92,7 +92,7 @@ def _segment(args: argparse.Namespace) -> int:
                 events = segmenter.run(image.data, axis=axis, channel_axis=geometry.channel_axis,
                                        probabilities=probs_path is not None,
                                        spacing=geometry.spacing_mm())
-                done = _with_progress(events, source.name,
+                done = with_progress(events, source.name,
                                       show=rank.is_main and not args.quiet)
                 out_geometry = geometry.for_labels()
                 write_labels(done.labels, labels_path, out_geometry, overwrite=args.overwrite)
@@ -121,7 +121,7 @@ def _segment(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def _with_progress(events, name: str, show: bool = True, leave: bool = False):
+def with_progress(events, name: str, show: bool = True, leave: bool = False):
     """Run a Segmenter's events behind a progress bar of slices (and its notices, printed);
     the SegmentationDone at their end."""
     from tqdm import tqdm
@@ -161,7 +161,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"sample  {image_path.name} {image.data.shape}, voxels "
           f"{' x '.join(f'{s:g}' for s in image.geometry.spacing)} mm")
     segmenter = Segmenter(model, device=args.device)
-    done = _with_progress(segmenter.run(image.data, axis=image.geometry.axial_axis(),
+    done = with_progress(segmenter.run(image.data, axis=image.geometry.axial_axis(),
                                         spacing=image.geometry.spacing_mm()),
                           "segmenting", leave=True)
     brain = done.labels > 0

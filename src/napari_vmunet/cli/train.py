@@ -54,6 +54,7 @@ def finetune(args: argparse.Namespace) -> int:
     args.checkpoint = args.checkpoint or str(default_checkpoint())
     output = Path(args.output)
     check_save_path(output, overwrite=args.overwrite, parent=args.checkpoint)
+    applied = _check_apply_path(args) if args.apply else None
     image, labels = read_image(args.image), read_image(args.labels)
     model = load_checkpoint(args.checkpoint)
     axis = args.axis
@@ -77,7 +78,46 @@ def finetune(args: argparse.Namespace) -> int:
     print(f"best validation Dice {done.best_dice:.4f} at step {done.best_step} of "
           f"{done.steps_run} ({done.stop_reason}, {done.seconds:.0f} s)")
     print(f"saved {output}")
+    if applied is not None:
+        _apply(model, tuner, image, labels, applied, args)
     return 0
+
+
+def _check_apply_path(args) -> Path:
+    """Where --apply writes, refused before any training: a labels format, not an input, not
+    an existing file unless --overwrite."""
+    from ..io import image_format
+
+    path = Path(args.apply)
+    if image_format(path) is None:
+        raise ValueError(f"--apply: choose an output ending in .nii.gz, .nii, .tif or .nrrd, "
+                         f"not {path.name}")
+    for given in (args.image, args.labels):
+        if path.exists() and path.resolve() == Path(given).resolve():
+            raise ValueError(f"--apply would write over the input {given}; choose a new name")
+    if path.exists() and not args.overwrite:
+        raise FileExistsError(f"{path} already exists; choose another name or use --overwrite")
+    return path
+
+
+def _apply(model, tuner, image, labels, path: Path, args) -> None:
+    """Segment the image with the fine-tuned model and write labels in which the corrected
+    slices are exactly the user's."""
+    from ..engine import Segmenter
+    from ..engine.corrections import keep_corrections
+    from ..io import write_labels
+    from .segment import with_progress
+
+    segmenter = Segmenter(model, tuner.recipe, device=args.device)
+    done = with_progress(segmenter.run(image.data, axis=tuner.axis,
+                                       channel_axis=image.geometry.channel_axis,
+                                       spacing=image.geometry.spacing_mm()),
+                         "applying", show=not args.quiet)
+    merged = keep_corrections(done.labels, labels.data, tuner.slices, tuner.axis)
+    write_labels(merged, path, labels.geometry, overwrite=args.overwrite)
+    n = 1 if tuner.axis is None else merged.shape[tuner.axis]
+    print(f"applied {path}: {n - len(tuner.slices)} slice(s) from the fine-tuned model, "
+          f"{len(tuner.slices)} corrected slice(s) as you painted them ({done.seconds:.0f} s)")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -224,6 +264,9 @@ def add_parsers(commands) -> None:
     ft.add_argument("--axis", type=int, help="slicing axis (default: the axial one)")
     ft.add_argument("--extend-classes", action="store_true",
                     help="grow the model's head when the labels have more classes")
+    ft.add_argument("--apply", metavar="OUT",
+                    help="then segment the image with the fine-tuned model and write labels "
+                    "to OUT whose corrected slices are exactly yours")
     common(ft, FINE_TUNING)
     ft.set_defaults(run=finetune)
 
