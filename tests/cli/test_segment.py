@@ -87,6 +87,15 @@ def test_bad_arguments_are_one_line_errors(argv, message, tiny_checkpoint, capsy
     assert message in err and "Traceback" not in err
 
 
+def test_segment_suggests_the_slices_to_correct_first(tmp_path, capsys):
+    head = str(DATA / "robex_t1_3mm.nii.gz")
+    assert cli.main(["segment", head, "--out-dir", str(tmp_path), "--axis", "2",
+                     "--suggest", "3", "-q"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("suggest"))
+    slices = [int(s) for s in line.split("correct slices ")[1].split(" first")[0].split(", ")]
+    assert len(slices) == 3 and all(0 <= s < 77 for s in slices)
+
+
 def test_the_help_lists_every_recipe_window_and_architecture(capsys):
     from napari_vmunet.model.config import PRESETS
     from napari_vmunet.recipes import CT_WINDOWS, RECIPES

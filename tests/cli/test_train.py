@@ -67,9 +67,12 @@ def test_cli_finetune_applies_the_model_and_keeps_the_corrected_slices(tmp_path,
     assert cli.main([*args, "-o", str(out), "--apply", str(tmp_path / "a.png")]) == 2
 
     applied.unlink()
-    assert cli.main([*args, "-o", str(out), "--apply", str(applied)]) == 0
-    assert f"applied {applied}: 74 slice(s) from the fine-tuned model, 3 corrected" in \
-        capsys.readouterr().out
+    assert cli.main([*args, "-o", str(out), "--apply", str(applied), "--suggest", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert f"applied {applied}: 74 slice(s) from the fine-tuned model, 3 corrected" in printed
+    suggestion = next(ln for ln in printed.splitlines() if ln.startswith("suggest"))
+    suggested = [int(s) for s in suggestion.split("slices ")[1].split(" next")[0].split(", ")]
+    assert len(suggested) == 4 and not set(suggested) & {20, 35, 50}
     result = read_image(applied)
     assert np.allclose(result.geometry.affine, mask.geometry.affine)
     corrected = [20, 35, 50]

@@ -27,3 +27,30 @@ def test_a_2d_image_is_the_correction_and_wider_labels_keep_their_values():
     assert merged.dtype == np.uint16 and (merged == 300).all()
     with pytest.raises(ValueError, match="must cover the same voxels"):
         keep_corrections(predicted, corrected[:3], [0], axis=0)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_the_slices_the_model_is_least_sure_of_are_where_it_errs(axis):
+    """On a real head, each slice's uncertain voxels follow its wrong voxels (rank correlation
+    0.82-0.85 measured on the three axes), and the slices suggested first hold well more
+    errors than the average slice."""
+    from scipy.stats import spearmanr
+
+    from napari_vmunet.bundled import default_checkpoint
+    from napari_vmunet.checkpoint import load_checkpoint
+    from napari_vmunet.engine import Segmenter
+    from napari_vmunet.engine.corrections import slices_to_correct
+    from napari_vmunet.io import read_image
+
+    image = read_image(DATA / "robex_t1_3mm.nii.gz")
+    reference = read_image(DATA / "robex_brainmask_3mm.nii.gz").data > 0
+    done = Segmenter(load_checkpoint(default_checkpoint()), device="cpu").segment(
+        image.data, axis=axis, spacing=image.geometry.spacing_mm(), uncertainty=True)
+    errors = np.moveaxis((done.labels > 0) != reference, axis, 0).reshape(
+        reference.shape[axis], -1).sum(1)
+    assert done.uncertainty.shape == (reference.shape[axis],)
+    assert spearmanr(done.uncertainty, errors).correlation > 0.7
+    suggested = slices_to_correct(done.uncertainty, 5)
+    assert errors[suggested].mean() > 1.5 * errors.mean()
+    assert not set(slices_to_correct(done.uncertainty, 5, corrected=suggested[:2])) & set(
+        suggested[:2])

@@ -111,15 +111,14 @@ class FineTuneWidget(ScrollingDock):
                                            tooltip="leave the labels layer as it is")
         self.plot = TrainingPlot()
         self._results = button_row(self.save_button, self.revert_button)
-        self._applying = button_row(self.apply_button, self.apply_to_new_layer)
         self.set_controls([
             self.model_card, self.image_choice, self.labels_choice, self.axis,
             self.slice_list, button_row(self.goto_button, self.add_button, self.remove_button),
             self.recipe_choice, self.window, self.steps, self.learning_rate, self.batch,
             self.decoder_only, self.device, button_row(self.start_button, self.stop_button),
             self.progress, self.status],
-            below=[self.plot, self._applying.native, self.use_button.native,
-                   self._results.native])
+            below=[self.plot, self.apply_button.native, self.apply_to_new_layer.native,
+                   self.use_button.native, self._results.native])
 
         self._refresh_timer = QTimer(self.native)  # dies with the widget
         self._refresh_timer.setSingleShot(True)

@@ -22,6 +22,7 @@ class _FileResult:
     error: str | None = None
     slices: int = 0
     seconds: float = 0.0
+    suggested: list[int] | None = None  # the slices most worth correcting, with --suggest
 
 
 def _output_suffix(path: Path) -> str:
@@ -66,6 +67,7 @@ def _segment(args: argparse.Namespace) -> int:
     from ..bundled import default_checkpoint
     from ..checkpoint import load_checkpoint
     from ..engine import Segmenter
+    from ..engine.corrections import slices_to_correct
     from ..io import read_image, write_labels
     from ..recipes import chosen_recipe
     from . import distributed
@@ -91,7 +93,8 @@ def _segment(args: argparse.Namespace) -> int:
                 axis = geometry.axial_axis() if args.axis is None else args.axis
                 events = segmenter.run(image.data, axis=axis, channel_axis=geometry.channel_axis,
                                        probabilities=probs_path is not None,
-                                       spacing=geometry.spacing_mm())
+                                       spacing=geometry.spacing_mm(),
+                                       uncertainty=bool(args.suggest))
                 done = with_progress(events, source.name,
                                       show=rank.is_main and not args.quiet)
                 out_geometry = geometry.for_labels()
@@ -100,6 +103,8 @@ def _segment(args: argparse.Namespace) -> int:
                     write_labels(done.probabilities, probs_path, out_geometry,
                                  overwrite=args.overwrite)
                 result.output, result.slices = str(labels_path), done.labels.size
+                if args.suggest:
+                    result.suggested = slices_to_correct(done.uncertainty, args.suggest)
             except (OSError, ValueError, MemoryError) as exc:  # the user's to fix: say what
                 result.error = str(exc)
             except Exception as exc:  # report, then go on with the next file
@@ -114,11 +119,18 @@ def _segment(args: argparse.Namespace) -> int:
         for r in everyone:
             if not r.error:
                 print(f"ok      {r.source} -> {r.output} ({r.seconds:.1f} s)")
+                if r.suggested is not None:
+                    print(f"suggest {r.source}: correct slices {_listed(r.suggested)} first "
+                          "(where the model is least sure)")
         for r in failures:
             print(f"FAILED  {r.source}: {r.error}", file=sys.stderr)
         print(f"{len(everyone) - len(failures)} of {len(everyone)} files segmented"
               + (f" by {rank.world_size} processes" if rank.world_size > 1 else ""))
     return 1 if failures else 0
+
+
+def _listed(slices: list[int]) -> str:
+    return ", ".join(map(str, slices)) or "none (nothing left uncorrected)"
 
 
 def with_progress(events, name: str, show: bool = True, leave: bool = False):
@@ -205,6 +217,8 @@ def add_parsers(commands) -> None:
     seg.add_argument("--threshold", type=float, help="probability threshold for one-class models")
     seg.add_argument("--probabilities", metavar="PATH",
                      help="also write float probabilities (a file, or a folder for several inputs)")
+    seg.add_argument("--suggest", type=int, metavar="N", default=0,
+                     help="also print the N slices most worth correcting (least sure first)")
     seg.add_argument("--overwrite", action="store_true", help="replace existing output files")
     seg.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notices")
     seg.set_defaults(run=_segment)

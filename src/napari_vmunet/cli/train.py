@@ -78,7 +78,7 @@ def finetune(args: argparse.Namespace) -> int:
     print(f"best validation Dice {done.best_dice:.4f} at step {done.best_step} of "
           f"{done.steps_run} ({done.stop_reason}, {done.seconds:.0f} s)")
     print(f"saved {output}")
-    if applied is not None:
+    if applied is not None or args.suggest:
         _apply(model, tuner, image, labels, applied, args)
     return 0
 
@@ -100,19 +100,27 @@ def _check_apply_path(args) -> Path:
     return path
 
 
-def _apply(model, tuner, image, labels, path: Path, args) -> None:
-    """Segment the image with the fine-tuned model and write labels in which the corrected
-    slices are exactly the user's."""
+def _apply(model, tuner, image, labels, path: Path | None, args) -> None:
+    """Segment the image with the fine-tuned model: write labels to ``path`` in which the
+    corrected slices are exactly the user's, and with --suggest print the uncorrected slices
+    the new model is least sure of."""
     from ..engine import Segmenter
-    from ..engine.corrections import keep_corrections
+    from ..engine.corrections import keep_corrections, slices_to_correct
     from ..io import write_labels
     from .segment import with_progress
 
     segmenter = Segmenter(model, tuner.recipe, device=args.device)
     done = with_progress(segmenter.run(image.data, axis=tuner.axis,
                                        channel_axis=image.geometry.channel_axis,
-                                       spacing=image.geometry.spacing_mm()),
-                         "applying", show=not args.quiet)
+                                       spacing=image.geometry.spacing_mm(),
+                                       uncertainty=bool(args.suggest)),
+                         "applying" if path else "suggesting", show=not args.quiet)
+    if args.suggest:
+        suggested = slices_to_correct(done.uncertainty, args.suggest, tuner.slices)
+        print(f"suggest: correct slices {', '.join(map(str, suggested)) or 'none'} next "
+              "(where the fine-tuned model is least sure)")
+    if path is None:
+        return
     merged = keep_corrections(done.labels, labels.data, tuner.slices, tuner.axis)
     write_labels(merged, path, labels.geometry, overwrite=args.overwrite)
     n = 1 if tuner.axis is None else merged.shape[tuner.axis]
@@ -267,6 +275,9 @@ def add_parsers(commands) -> None:
     ft.add_argument("--apply", metavar="OUT",
                     help="then segment the image with the fine-tuned model and write labels "
                     "to OUT whose corrected slices are exactly yours")
+    ft.add_argument("--suggest", type=int, metavar="N", default=0,
+                    help="then print the N uncorrected slices the fine-tuned model is least "
+                    "sure of: the ones to correct next")
     common(ft, FINE_TUNING)
     ft.set_defaults(run=finetune)
 

@@ -1,8 +1,8 @@
-"""The user's corrections kept: labels where each corrected slice is exactly as the user
-painted it and every other slice is what the (fine-tuned) model predicts.
+"""The correction loop's two helpers: which slices to correct next, and labels that keep the
+user's corrections.
 
 After fine-tuning, segmenting again would replace the slices the user corrected by the
-model's (close, but not theirs); this puts them back. No torch here.
+model's (close, but not theirs): :func:`keep_corrections` puts them back. No torch here.
 """
 
 from __future__ import annotations
@@ -29,3 +29,13 @@ def keep_corrections(predicted: np.ndarray, corrected: np.ndarray, slices: Seque
     merged[tuple(index)] = corrected[tuple(index)]
     return merged
 
+
+
+def slices_to_correct(uncertainty: np.ndarray, count: int,
+                      corrected: Sequence[int] = ()) -> list[int]:
+    """The ``count`` slices most worth correcting next: those the model is least sure of
+    (``SegmentationDone.uncertainty``), most uncertain first, leaving out those already
+    corrected."""
+    done = set(corrected)
+    order = np.argsort(-np.asarray(uncertainty), kind="stable")
+    return [int(s) for s in order if int(s) not in done][:max(0, count)]

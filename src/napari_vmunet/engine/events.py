@@ -52,6 +52,9 @@ class SegmentationDone:
     probabilities: np.ndarray | None
     seconds: float
     notes: list[str] = field(default_factory=list)
+    # per slice along the slicing axis, with ``uncertainty=True``: the voxels the model is
+    # unsure of (:func:`napari_vmunet.engine.inference.uncertain_voxels`)
+    uncertainty: np.ndarray | None = None
 
 
 # -- training ----------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ class Segmenter:
         probabilities: bool = False,
         labels_out: np.ndarray | None = None,
         spacing: Sequence[float] | None = None,
+        uncertainty: bool = False,
     ) -> Iterator:
         """Yield events while segmenting ``image``.
 
@@ -100,6 +101,8 @@ class Segmenter:
             the shape plus a class axis last otherwise).
         labels_out: write labels into this existing array (e.g. a napari layer's data)
             instead of a new one; it must have the image's spatial shape.
+        uncertainty: also measure how unsure the model is of each slice (see
+            :func:`uncertain_voxels`), for suggesting which slice to correct next.
         """
         start_time = time.perf_counter()
         image = np.asanyarray(image)
@@ -154,18 +157,22 @@ class Segmenter:
             yield Notice(note)
 
         non_finite = 0
+        unsure = np.zeros(n, np.float64) if uncertainty else None
         start = 0
         while start < n:
             stop = min(start + batch, n)
             chunk = _as_torch_friendly(slices_view[start:stop])
             try:
-                lab, prob, bad = self._predict(chunk, mapping, resize, (h, w), probabilities)
+                lab, prob, bad, doubt = self._predict(chunk, mapping, resize, (h, w),
+                                                      probabilities, uncertainty)
             except torch.OutOfMemoryError:
                 batch, message = halved_batch(batch, self.device, f"one {h}x{w} slice")
                 notes.append(message)
                 yield Notice(message)
                 continue
             non_finite += bad
+            if unsure is not None:
+                unsure[start:stop] = doubt
             labels_view[start:stop] = lab
             if probs_view is not None:
                 probs_view[start:stop] = prob
@@ -184,14 +191,15 @@ class Segmenter:
                            f"({changed} voxels changed)")
                 notes.append(message)
                 yield Notice(message)
-        yield SegmentationDone(labels, probs, time.perf_counter() - start_time, notes)
+        yield SegmentationDone(labels, probs, time.perf_counter() - start_time, notes, unsure)
 
     # -- one batch ---------------------------------------------------------------------------
 
     def _predict(self, chunk: np.ndarray, mapping: IntensityMap, resize: Resize,
-                 shape: tuple[int, int], want_probabilities: bool):
-        """(n, h, w, c) raw values -> uint8 labels (n, h, w), probabilities or None, and the
-        number of NaN/Inf values replaced."""
+                 shape: tuple[int, int], want_probabilities: bool,
+                 want_uncertainty: bool = False):
+        """(n, h, w, c) raw values -> uint8 labels (n, h, w), probabilities or None, the
+        number of NaN/Inf values replaced, and each slice's uncertain voxels or None."""
         with torch.inference_mode():
             # The raw dtype travels (int16 CT is half the bytes of float32); converted there.
             x = torch.from_numpy(chunk).to(self.device, non_blocking=True).float()
@@ -222,14 +230,16 @@ class Segmenter:
                 # Probabilities, not logits, are interpolated: they are what is thresholded.
                 p_image = resize.to_image(probabilities(logits), shape, "bilinear")
                 lab = labels(p_image) if self.num_classes > 1 else p_image[:, 0] >= self.threshold
-            prob = None
+            prob = doubt = None
+            if (want_probabilities or want_uncertainty) and p_image is None:
+                p_image = resize.to_image(probabilities(logits), shape, "bilinear")
             if want_probabilities:
-                if p_image is None:
-                    p_image = resize.to_image(probabilities(logits), shape, "bilinear")
                 prob = p_image[:, 0] if self.num_classes == 1 else p_image.permute(0, 2, 3, 1)
                 prob = prob.cpu().numpy()
+            if want_uncertainty:
+                doubt = uncertain_voxels(p_image).cpu().numpy()
             dtype = torch.uint8 if self.num_classes <= 256 else torch.int32
-            return lab.to(dtype).cpu().numpy(), prob, bad
+            return lab.to(dtype).cpu().numpy(), prob, bad, doubt
 
     def _channels(self, x: torch.Tensor) -> torch.Tensor:
         """(n, c, h, w) -> the channels the recipe and model expect."""
@@ -250,6 +260,19 @@ def _as_torch_friendly(chunk: np.ndarray) -> np.ndarray:
     if chunk.dtype in _TORCH_DTYPES:
         return np.ascontiguousarray(chunk)
     return np.asarray(chunk, dtype=np.float32)  # uint16/uint32, bool, big-endian...
+
+
+def uncertain_voxels(p: torch.Tensor) -> torch.Tensor:
+    """How unsure a model is of each slice: the entropy of its probabilities ``p`` (n, classes,
+    h, w; one channel: the sigmoid of one class), scaled to 1 for a voxel at even odds and
+    summed over the slice. About the number of voxels it could as well have labelled
+    otherwise: where a correction would change the most."""
+    p = p.float().clamp(1e-6, 1 - 1e-6)
+    if p.shape[1] == 1:
+        bits = -(p * p.log2() + (1 - p) * (1 - p).log2())[:, 0]
+    else:
+        bits = -(p * p.log2()).sum(1) / math.log2(p.shape[1])
+    return bits.flatten(1).sum(1).double()
 
 
 def segment(model, image: np.ndarray, recipe: Recipe | None = None, *, device="auto",
