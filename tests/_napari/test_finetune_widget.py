@@ -157,6 +157,11 @@ def test_apply_fills_the_uncorrected_slices_in_one_undo_and_the_loop_goes_on(ses
     assert (beside == layer.data).all()
     assert segment.model is tune.tuned  # the next round starts from this model
     assert tune.corrected_slices() == CORRECTED  # and still trains on the corrections
+    suggested = list(tune.next_list.choices)  # where to correct next: uncorrected slices
+    assert len(suggested) == 5 and not set(suggested) & set(CORRECTED)
+    tune.next_list.value = [suggested[0]]
+    tune.go_to_slice(suggested[0])
+    assert viewer.dims.current_step[0] == suggested[0]
     layer.undo()  # one step takes the whole apply back
     assert (layer.data == before).all()
 

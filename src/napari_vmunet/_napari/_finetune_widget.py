@@ -43,6 +43,7 @@ from ._workers import Workers
 # Paint strokes arrive many times a second; the slice list is recomputed once they pause.
 _REFRESH_DELAY_MS = 250
 _EDIT_EVENTS = ("paint", "set_data", "data")
+_SUGGESTIONS = 5  # slices offered as the ones to correct next
 
 
 @dataclass
@@ -69,6 +70,7 @@ class FineTuneWidget(ScrollingDock):
         self._labels_layer = None
         self._slices: list[int] = []  # the corrected slices, as last found
         self._added: set[int] = set()
+        self._suggested: list[int] = []  # the slices to correct next, least sure first
         self._removed: set[int] = set()
 
         self.model_card = WrappedText()
@@ -86,6 +88,9 @@ class FineTuneWidget(ScrollingDock):
                                      tooltip="count the slice on screen as corrected")
         self.remove_button = PushButton(text="Remove",
                                         tooltip="do not train on the selected slices")
+        self.next_list = Select(label="correct next", choices=self._suggestion_entries,
+                                tooltip="after Apply: the uncorrected slices the fine-tuned "
+                                "model is least sure of; double-click to look")
         self.recipe_choice, self.window = recipe_controls()
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=FINE_TUNING.steps)
         self.learning_rate = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-5,
@@ -114,6 +119,7 @@ class FineTuneWidget(ScrollingDock):
         self.set_controls([
             self.model_card, self.image_choice, self.labels_choice, self.axis,
             self.slice_list, button_row(self.goto_button, self.add_button, self.remove_button),
+            self.next_list,
             self.recipe_choice, self.window, self.steps, self.learning_rate, self.batch,
             self.decoder_only, self.device, button_row(self.start_button, self.stop_button),
             self.progress, self.status],
@@ -128,6 +134,9 @@ class FineTuneWidget(ScrollingDock):
         self.axis.changed.connect(self.refresh_slices)
         self.goto_button.clicked.connect(self.go_to_selected)
         self.slice_list.native.itemDoubleClicked.connect(lambda _item: self.go_to_selected())
+        self.next_list.native.itemDoubleClicked.connect(
+            lambda _item: self.go_to_slice(self.next_list.value[0] if self.next_list.value
+                                           else None))
         self.add_button.clicked.connect(self.add_current_slice)
         self.remove_button.clicked.connect(self.remove_selected)
         self.start_button.clicked.connect(self.start)
@@ -206,6 +215,9 @@ class FineTuneWidget(ScrollingDock):
     def _slice_entries(self, _widget=None) -> list[tuple[str, int]]:
         return [(f"slice {s}", s) for s in self._slices]
 
+    def _suggestion_entries(self, _widget=None) -> list[tuple[str, int]]:
+        return [(f"slice {s}", s) for s in self._suggested]
+
     def refresh_slices(self, _event=None) -> None:
         self._slices = slices = self.corrected_slices()
         selected = [s for s in self.slice_list.value if s in slices]
@@ -239,11 +251,14 @@ class FineTuneWidget(ScrollingDock):
         self.refresh_slices()
 
     def go_to_selected(self) -> None:
+        self.go_to_slice(self.slice_list.value[0] if self.slice_list.value else None)
+
+    def go_to_slice(self, index: int | None) -> None:
         axis = self.slicing_axis()
-        if axis is None or not self.slice_list.value:
+        if axis is None or index is None:
             return
         offset = self.viewer.dims.ndim - self._labels_layer.ndim
-        self.viewer.dims.set_current_step(axis + offset, self.slice_list.value[0])
+        self.viewer.dims.set_current_step(axis + offset, index)
 
     # -- the model -------------------------------------------------------------------------
 
@@ -419,24 +434,25 @@ class FineTuneWidget(ScrollingDock):
             for button in self._result_buttons:
                 button.enabled = self.tuned is not None
             if done:
-                self._applied(done[0].labels, target, axis)
+                self._applied(done[0].labels, target, axis, done[0].uncertainty)
 
         for button in self._result_buttons:
             button.enabled = False
         self.progress.value, self.progress.visible = 0, True
         self.status.value = "applying the fine-tuned model to the uncorrected slices…"
         self._applier = self.workers.start(
-            segmenter.run, np.asarray(image_layer.data), axis=axis,
+            segmenter.run, np.asarray(image_layer.data), axis=axis, uncertainty=True,
             rgb=bool(getattr(image_layer, "rgb", False)),
             spacing=layer_spacing_mm(image_layer), on_event=on_event, on_finished=on_finished,
             on_error=lambda exc: show_error(f"VM-UNet: could not apply: {exc}"))
 
-    def _applied(self, predicted: np.ndarray, layer, axis: int | None) -> None:
+    def _applied(self, predicted: np.ndarray, layer, axis: int | None,
+                 uncertainty: np.ndarray | None = None) -> None:
         """On the GUI thread: the slices the user did not correct become the fine-tuned
         model's, in one undoable edit of the labels layer (or a new layer); the corrected
         slices, as they are now, stay untouched. The model becomes the one in use, so that
         correcting more and fine-tuning again goes on from it."""
-        from ..engine.corrections import keep_corrections
+        from ..engine.corrections import keep_corrections, slices_to_correct
 
         current = np.asarray(layer.data)
         if current.shape != predicted.shape:
@@ -460,6 +476,9 @@ class FineTuneWidget(ScrollingDock):
             self.refresh_slices()
         self.session.set(self.tuned, self.saved_to,
                          self.saved_to.name if self.saved_to else self._tuned_title())
+        if uncertainty is not None and axis is not None:
+            self._suggested = slices_to_correct(uncertainty, _SUGGESTIONS, corrected)
+            self.next_list.reset_choices()
         n = 1 if axis is None else current.shape[axis]
         self.status.value = (f"applied: {n - len(corrected)} slice(s) from the fine-tuned model, "
                              f"{len(corrected)} corrected slice(s) kept; correct more and "
