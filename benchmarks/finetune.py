@@ -131,7 +131,8 @@ def usefulness(args, device):
           f"the {len(others)} other slices {dice_on_others(plain):.4f}")
     for seed in range(args.seeds):
         model = copy.deepcopy(base)
-        settings = FINE_TUNING if args.steps is None else replace(FINE_TUNING, steps=args.steps)
+        settings = replace(FINE_TUNING, decoder_only=args.decoder_only,
+                           steps=args.steps or FINE_TUNING.steps)
         tuner = FineTuner(model, image.data, reference.astype(np.int64), corrected, axis,
                           recipe, replace(settings, seed=seed), device=device, spacing=spacing)
         _sync(device)
@@ -212,6 +213,7 @@ def main(argv=None) -> int:
     parser.add_argument("--axis", type=int, help="slicing axis (default: the axial one)")
     parser.add_argument("--recipe", help="preprocessing (default: the checkpoint's own)")
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning runs, seeds 0..N-1")
+    parser.add_argument("--decoder-only", action="store_true", help="keep the encoder frozen")
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--authors-repo", type=Path)
     parser.add_argument("--repeats", type=int, default=10)
