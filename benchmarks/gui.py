@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     from napari_vmunet.engine import Segmenter
     from napari_vmunet.engine.events import SegmentationDone, TrainingStep
     from napari_vmunet.engine.training.finetuner import FineTuner
-    from napari_vmunet.engine.training.settings import TrainingSettings
+    from napari_vmunet.engine.training.settings import FINE_TUNING, TrainingSettings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -165,7 +165,8 @@ def main(argv=None) -> int:
         rates_worker.append(steps[-1].images_per_second)
         settings = TrainingSettings(steps=args.steps, batch_size=tune.batch.value,
                                     learning_rate=tune.learning_rate.value,
-                                    validate_every=max(1, min(20, args.steps // 10)))
+                                    validate_every=max(1, min(FINE_TUNING.validate_every,
+                                                              args.steps // 10)))
         tuner = FineTuner(type(tune.tuned)(tune.tuned.config), ct.data,
                           tumour.data.astype(np.int64), corrected, 0,
                           tune.tuner.recipe, settings, args.device,

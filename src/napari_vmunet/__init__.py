@@ -10,50 +10,28 @@ and the model are only imported when one of the names below is first used.
 
 from __future__ import annotations
 
-from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+
+import lazy_loader
 
 try:
     __version__ = version("napari-vmunet")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-_LAZY = {
-    # segmenting and fine-tuning
-    "Segmenter": "napari_vmunet.engine.inference",
-    "segment": "napari_vmunet.engine.inference",
-    "FineTuner": "napari_vmunet.engine.training.finetuner",
-    "TrainingSettings": "napari_vmunet.engine.training.settings",
-    # images, labels and preprocessing
-    "read_image": "napari_vmunet.io",
-    "write_labels": "napari_vmunet.io",
-    "Recipe": "napari_vmunet.recipes",
-    "get_recipe": "napari_vmunet.recipes",
-    # models and checkpoints
-    "load_checkpoint": "napari_vmunet.checkpoint",
-    "save_checkpoint": "napari_vmunet.checkpoint",
-    "init_from_vmamba": "napari_vmunet.checkpoint",
-    "CheckpointError": "napari_vmunet.checkpoint",
-    "VMUNet": "napari_vmunet.model.vmunet",
-    "VMUNetConfig": "napari_vmunet.model.config",
-    "PRESETS": "napari_vmunet.model.config",
-    "infer_config": "napari_vmunet.model.config",
-    "build_model": "napari_vmunet.model",
-    "ModelInfo": "napari_vmunet.model.info",
-    # the operator at the heart of the model
-    "selective_scan": "napari_vmunet.ops.scan",
+_NAMES = {  # submodule: the names it lends the package
+    "engine.inference": ["Segmenter", "segment"],
+    "engine.training.finetuner": ["FineTuner"],
+    "engine.training.settings": ["TrainingSettings"],
+    "io": ["read_image", "write_labels"],
+    "recipes": ["Recipe", "get_recipe"],
+    "checkpoint": ["load_checkpoint", "save_checkpoint", "init_from_vmamba", "CheckpointError"],
+    "model.vmunet": ["VMUNet"],
+    "model.config": ["VMUNetConfig", "PRESETS", "infer_config"],
+    "model": ["build_model"],
+    "model.info": ["ModelInfo"],
+    "ops.scan": ["selective_scan"],
 }
 
-__all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'napari_vmunet' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__, _lazy_all = lazy_loader.attach(__name__, submod_attrs=_NAMES)
+__all__ = ["__version__", *_lazy_all]

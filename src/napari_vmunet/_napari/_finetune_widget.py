@@ -440,7 +440,7 @@ class FineTuneWidget(ScrollingDock):
             button.enabled = False
         self.progress.value, self.progress.visible = 0, True
         self.status.value = "applying the fine-tuned model to the uncorrected slices…"
-        self._applier = self.workers.start(
+        self.workers.start(
             segmenter.run, np.asarray(image_layer.data), axis=axis, uncertainty=True,
             rgb=bool(getattr(image_layer, "rgb", False)),
             spacing=layer_spacing_mm(image_layer), on_event=on_event, on_finished=on_finished,
@@ -454,12 +454,16 @@ class FineTuneWidget(ScrollingDock):
         correcting more and fine-tuning again goes on from it."""
         from ..engine.corrections import keep_corrections, slices_to_correct
 
+        if layer is not self._labels_layer:
+            show_error("VM-UNet: the labels layer was changed while applying; nothing was "
+                       "written (Apply again)")
+            return
         current = np.asarray(layer.data)
         if current.shape != predicted.shape:
             show_error(f"VM-UNet: the labels layer has shape {current.shape} but the image "
                        f"{predicted.shape}; nothing was changed")
             return
-        corrected = self.corrected_slices() if layer is self._labels_layer else []
+        corrected = self.corrected_slices()
         merged = keep_corrections(predicted, current, corrected, axis)
         if self.apply_to_new_layer.value:
             self.viewer.add_labels(

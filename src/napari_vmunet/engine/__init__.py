@@ -6,29 +6,13 @@ widgets before a model is loaded. The names below load their modules when first 
 
 from __future__ import annotations
 
-from importlib import import_module
+import lazy_loader
 
-_LAZY = {
-    "Segmenter": ".inference",
-    "segment": ".inference",
-    "FineTuner": ".training.finetuner",
-    "Trainer": ".training.trainer",
-    "TrainingSettings": ".training.settings",
-    **dict.fromkeys(("Notice", "SegmentationStarted", "SlicesDone", "SegmentationDone",
-                     "TrainingStarted", "TrainingStep", "ValidationResult", "TrainingDone"),
-                    ".events"),
-}
-
-__all__ = list(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = lazy_loader.attach(__name__, submod_attrs={
+    "inference": ["Segmenter", "segment"],
+    "training.finetuner": ["FineTuner"],
+    "training.trainer": ["Trainer"],
+    "training.settings": ["TrainingSettings"],
+    "events": ["Notice", "SegmentationStarted", "SlicesDone", "SegmentationDone",
+               "TrainingStarted", "TrainingStep", "ValidationResult", "TrainingDone"],
+})

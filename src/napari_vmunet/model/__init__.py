@@ -7,8 +7,11 @@ command line's help, the widgets) stays cheap.
 
 from __future__ import annotations
 
+import lazy_loader
+
 from .config import PRESETS, VMUNetConfig, infer_config
 
+__getattr__, _, _ = lazy_loader.attach(__name__, submod_attrs={"vmunet": ["VMUNet"]})
 __all__ = ["PRESETS", "VMUNet", "VMUNetConfig", "build_model", "infer_config"]
 
 
@@ -22,10 +25,3 @@ def build_model(config: VMUNetConfig | str = "isic"):
         config = PRESETS[config]
     return VMUNet(config)
 
-
-def __getattr__(name: str):
-    if name == "VMUNet":
-        from .vmunet import VMUNet
-
-        return VMUNet
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

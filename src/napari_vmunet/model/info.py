@@ -31,12 +31,12 @@ class ModelInfo:
     sha256: str | None = None
 
     @classmethod
-    def parse(cls, num_classes: int, recipe=None, class_names=None, provenance=None,
-              **where) -> ModelInfo:
+    def parse(cls, num_classes: int, recipe=None, class_names=None, provenance=None, *,
+              path: Path | None = None, sha256: str | None = None) -> ModelInfo:
         """From what a file (or a caller) gives: a recipe as a :class:`Recipe` or its dict,
         class names as a list. Raises ``ValueError`` saying which part is wrong."""
         return cls(parse_recipe(recipe), parse_class_names(class_names, num_classes),
-                   dict(provenance or {}), **where)
+                   dict(provenance or {}), path, sha256)
 
     def with_classes(self, num_classes: int) -> ModelInfo:
         """The info of this model's head grown to ``num_classes`` outputs: a one-class model's

@@ -4,8 +4,8 @@ Triton tunes a kernel the first time it sees a new shape: it compiles and times 
 configuration. The compiled kernels stay in Triton's on-disk cache, but by default the choice
 among them does not, so every new napari session (or CLI run) tuned again before its first
 segmentation, most of that segmentation's time (benchmarks/RESULTS.md, 2026-11-27 fifteenth
-session). Triton 3.3
-and newer can keep the choice next to the compiled kernels (``cache_results``); its cache key
+session). Triton 3.3 and newer can keep the choice next to the compiled kernels
+(``cache_results``); its cache key
 holds the Triton release, the GPU architecture, the kernel's source and the shape, so a choice
 is reused only where it was made. Older releases tune every session, as before.
 """
