@@ -10,6 +10,9 @@ and after, and fine-tune + apply time as a multiple of the plain segmentation.
   base model first (the "small" configuration, slices along all three axes) and
   ``--save-base`` keeps it (float16) for the CPU run.
 - ``--seeds N`` repeats the fine-tuning with seeds 0..N-1 (the spread across seeds).
+- ``--next K``: which slice to correct next: a second round from the tuned model with K more
+  corrected slices, the K the model suggests (least sure) against K evenly spaced through the
+  structure, the same budget; Dice of the whole volume after each.
 
 Throughput (``--throughput``): one training step (forward, backward, AdamW; BCE + Dice from
 logits) of the released configuration at 256², batch 32, fp32 and bf16 — ours, and with
@@ -89,10 +92,13 @@ def train_base(args, device):
 def usefulness(args, device):
     """The correction loop as a user runs it, against one plain segmentation of the same
     volume in the same run: fine-tune on the corrected slices, apply (segment with the new
-    model, the corrected slices kept as painted), Dice on the uncorrected slices."""
+    model, the corrected slices kept as painted, and with the regions reaching no correction
+    dropped), Dice on the uncorrected slices. With ``--next K``, a second round from the tuned
+    model: K more slices corrected, chosen by the model's suggestion or evenly spaced (the same
+    budget), and the Dice of the whole volume after each."""
     from napari_vmunet.checkpoint import load_checkpoint
     from napari_vmunet.engine import Segmenter
-    from napari_vmunet.engine.corrections import keep_corrections
+    from napari_vmunet.engine.corrections import applied_labels, slices_to_correct
     from napari_vmunet.engine.events import TrainingDone
     from napari_vmunet.engine.training.finetuner import FineTuner
     from napari_vmunet.engine.training.settings import FINE_TUNING
@@ -102,53 +108,81 @@ def usefulness(args, device):
     base = load_checkpoint(args.base).to(device) if args.base else train_base(args, device)
     image, mask = read_image(args.image), read_image(args.mask)
     reference = mask.data > 0
+    truth = reference.astype(np.uint8)
     axis = image.geometry.axial_axis() if args.axis is None else args.axis
     spacing = image.geometry.spacing_mm()
     along = np.moveaxis(reference, axis, 0)
+    holding = [i for i in range(along.shape[0]) if along[i].any()]
     if args.slices:
         corrected = [int(k) for k in args.slices.split(",")]
     else:  # three slices through the structure, at 30, 50 and 70 % of its extent
-        holding = [i for i in range(along.shape[0]) if along[i].any()]
         corrected = [holding[int(len(holding) * q)] for q in (0.3, 0.5, 0.7)]
-    others = [i for i in range(along.shape[0]) if i not in corrected]
     recipe = chosen_recipe(base, args.recipe)
+    settings = replace(FINE_TUNING, decoder_only=FINE_TUNING.decoder_only
+                       if args.decoder_only is None else args.decoder_only,
+                       steps=args.steps or FINE_TUNING.steps,
+                       batch_size=args.batch_size or FINE_TUNING.batch_size,
+                       learning_rate=args.lr or FINE_TUNING.learning_rate,
+                       held_out=FINE_TUNING.held_out if args.held_out is None else args.held_out)
 
-    def segmented(model):
+    def segmented(model, uncertainty=False):
         _sync(device)
         start = time.perf_counter()
-        labels = Segmenter(model, recipe, device=device).segment(
-            image.data, axis=axis, spacing=spacing).labels
+        done = Segmenter(model, recipe, device=device).segment(
+            image.data, axis=axis, spacing=spacing, uncertainty=uncertainty)
         _sync(device)
-        return labels, time.perf_counter() - start
+        return done, time.perf_counter() - start
 
-    def dice_on_others(labels):
+    def dice_outside(labels, slices):
+        others = [i for i in range(along.shape[0]) if i not in slices]
         return dice(np.take(labels > 0, others, axis), np.take(reference, others, axis))
 
-    segmented(base)  # warm-up: kernels compiled and caches filled, as for a user's second run
-    plain, plain_s = segmented(base)
-    print(f"volume {Path(args.image).name} {image.data.shape}, slicing axis {axis}, corrected "
-          f"slices {corrected}; one plain segmentation {plain_s:.1f} s on {device}, Dice on "
-          f"the {len(others)} other slices {dice_on_others(plain):.4f}")
-    for seed in range(args.seeds):
-        model = copy.deepcopy(base)
-        settings = replace(FINE_TUNING, decoder_only=args.decoder_only,
-                           steps=args.steps or FINE_TUNING.steps)
-        tuner = FineTuner(model, image.data, reference.astype(np.int64), corrected, axis,
-                          recipe, replace(settings, seed=seed), device=device, spacing=spacing)
+    def loop(model, slices, seed):
+        """Fine-tune ``model`` in place on ``slices`` and apply it."""
+        tuner = FineTuner(model, image.data, truth, slices, axis, recipe,
+                          replace(settings, seed=seed), device=device, spacing=spacing)
         _sync(device)
         start = time.perf_counter()
         for event in tuner.run():
             if isinstance(event, TrainingDone):
-                done = event
+                trained = event
         _sync(device)
         tuned_s = time.perf_counter() - start
-        predicted, apply_s = segmented(model)
-        applied = keep_corrections(predicted, reference.astype(np.uint8), corrected, axis)
+        done, apply_s = segmented(model, uncertainty=bool(args.next))
+        kept, _ = applied_labels(done.labels, truth, slices, axis, only_connected=False)
+        connected, _ = applied_labels(done.labels, truth, slices, axis)
+        return kept, connected, done.uncertainty, trained, tuned_s, apply_s
+
+    segmented(base)  # warm-up: kernels compiled and caches filled, as for a user's second run
+    plain, plain_s = segmented(base)
+    print(f"volume {Path(args.image).name} {image.data.shape}, slicing axis {axis}, structure on "
+          f"slices {holding[0]}..{holding[-1]}, corrected slices {corrected}; one plain "
+          f"segmentation {plain_s:.1f} s on {device}, Dice on the other slices "
+          f"{dice_outside(plain.labels, corrected):.4f}")
+    for seed in range(args.seeds):
+        model = copy.deepcopy(base)
+        kept, connected, unsure, trained, tuned_s, apply_s = loop(model, corrected, seed)
         total = tuned_s + apply_s
-        print(f"seed {seed}: Dice on the other slices {dice_on_others(applied):.4f}; "
-              f"fine-tune {done.steps_run} steps {tuned_s:.1f} s + apply {apply_s:.1f} s = "
+        print(f"seed {seed}: Dice on the other slices {dice_outside(connected, corrected):.4f} "
+              f"({dice_outside(kept, corrected):.4f} keeping regions that reach no correction); "
+              f"fine-tune {trained.steps_run} steps {tuned_s:.1f} s + apply {apply_s:.1f} s = "
               f"{total:.1f} s, {total / plain_s:.1f}x one plain segmentation (best validation "
-              f"Dice {done.best_dice:.4f} at step {done.best_step})")
+              f"Dice {trained.best_dice:.4f} at step {trained.best_step})")
+        if not args.next:
+            continue
+        remaining = [i for i in holding if i not in corrected]
+        k = min(args.next, len(remaining))
+        choices = {
+            "suggested": slices_to_correct(unsure, k, corrected),
+            "evenly spaced": [remaining[int((j + 0.5) * len(remaining) / k)] for j in range(k)],
+        }
+        neither = set(corrected).union(*choices.values())
+        for how, extra in choices.items():
+            slices = sorted(set(corrected) | set(extra))
+            _, second, *_ = loop(copy.deepcopy(model), slices, seed)
+            print(f"  + {k} {how} slices {sorted(extra)}: Dice of the volume "
+                  f"{dice(second > 0, reference):.4f}, on the slices neither round-2 choice "
+                  f"corrected {dice_outside(second, neither):.4f}")
 
 
 def throughput(args, device):
@@ -213,7 +247,14 @@ def main(argv=None) -> int:
     parser.add_argument("--axis", type=int, help="slicing axis (default: the axial one)")
     parser.add_argument("--recipe", help="preprocessing (default: the checkpoint's own)")
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning runs, seeds 0..N-1")
-    parser.add_argument("--decoder-only", action="store_true", help="keep the encoder frozen")
+    parser.add_argument("--decoder-only", action=argparse.BooleanOptionalAction,
+                        help="keep the encoder frozen (default: FINE_TUNING's)")
+    parser.add_argument("--batch-size", type=int, help="default: FINE_TUNING's")
+    parser.add_argument("--lr", type=float, help="learning rate (default: FINE_TUNING's)")
+    parser.add_argument("--held-out", type=float,
+                        help="share of the corrected slices held out (default: FINE_TUNING's)")
+    parser.add_argument("--next", type=int, default=0, metavar="K",
+                        help="a second round with K more slices, suggested vs evenly spaced")
     parser.add_argument("--throughput", action="store_true")
     parser.add_argument("--authors-repo", type=Path)
     parser.add_argument("--repeats", type=int, default=10)

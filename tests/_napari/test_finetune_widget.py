@@ -89,7 +89,9 @@ def test_fine_tune_use_save_and_revert(session, qtbot, tmp_path):
     tune.steps.value = 12
     tune.start()
     qtbot.waitUntil(lambda: tune.worker is None, timeout=180000)
-    assert tune.plot.dice and len(tune.plot.loss) == 12  # validation Dice reported, live
+    # every step and validation reported, live (it may stop early: the Dice on the corrected
+    # slices no longer rising)
+    assert tune.plot.dice and len(tune.plot.loss) == tune.tuner.trainer.step
     largest_loss = max(loss for _, loss in tune.plot.loss)
     assert tune.plot.axis_ends() == {"step": ("0", "12"), "loss": ("0", f"{largest_loss:.3g}"),
                                      "Dice": ("0", "1")}
@@ -129,6 +131,7 @@ def test_fine_tune_use_save_and_revert(session, qtbot, tmp_path):
 def test_apply_fills_the_uncorrected_slices_in_one_undo_and_the_loop_goes_on(session, qtbot):
     viewer, segment, tune = session
     from napari_vmunet.engine import Segmenter
+    from napari_vmunet.engine.corrections import applied_labels
 
     layer = viewer.layers["ct-lung labels"]
     paint_reference(viewer, CORRECTED)
@@ -139,22 +142,25 @@ def test_apply_fills_the_uncorrected_slices_in_one_undo_and_the_loop_goes_on(ses
     corrected = np.array(layer.data[CORRECTED], copy=True)
     before = np.array(layer.data, copy=True)
 
-    tune.apply_to_new_layer.value = True  # first beside it: the layer is left as it is
+    # first beside it, with every region the model finds: the layer is left as it is
+    tune.apply_to_new_layer.value, tune.only_connected.value = True, False
     tune.apply()
     qtbot.waitUntil(lambda: "ct-lung labels (fine-tuned)" in viewer.layers, timeout=120000)
     beside = viewer.layers["ct-lung labels (fine-tuned)"].data
     assert (layer.data == before).all() and (beside[CORRECTED] == corrected).all()
-
-    tune.apply_to_new_layer.value = False
-    tune.apply()
-    qtbot.waitUntil(lambda: tune.status.value.startswith("applied"), timeout=120000)
     ct, _ = load_sample("ct-lung")
-    expected = Segmenter(tune.tuned, tune.tuner.recipe, device="cpu").segment(
+    predicted = Segmenter(tune.tuned, tune.tuner.recipe, device="cpu").segment(
         ct.data, axis=0, spacing=ct.geometry.spacing_mm()).labels
     others = [k for k in range(before.shape[0]) if k not in CORRECTED]
+    assert (beside[others] == predicted[others]).all()  # the fine-tuned model's
+
+    tune.apply_to_new_layer.value, tune.only_connected.value = False, True  # the defaults
+    tune.apply()
+    qtbot.waitUntil(lambda: tune.status.value.startswith("applied"), timeout=120000)
+    expected, removed = applied_labels(predicted, before, CORRECTED, axis=0)
     assert (layer.data[CORRECTED] == corrected).all()  # the user's, untouched
-    assert (layer.data[others] == expected[others]).all()  # the fine-tuned model's
-    assert (beside == layer.data).all()
+    assert (layer.data == expected).all()  # the model's, where it reaches the corrections
+    assert ("left out" in tune.status.value) == (removed > 0)
     assert segment.model is tune.tuned  # the next round starts from this model
     assert tune.corrected_slices() == CORRECTED  # and still trains on the corrections
     suggested = list(tune.next_list.choices)  # where to correct next: uncorrected slices

@@ -45,6 +45,7 @@ def test_cli_finetune_applies_the_model_and_keeps_the_corrected_slices(tmp_path,
     as painted (here: the reference's, with a stroke the model could never have predicted)."""
     from napari_vmunet.checkpoint import save_checkpoint
     from napari_vmunet.engine import Segmenter
+    from napari_vmunet.engine.corrections import applied_labels
     from napari_vmunet.io import write_labels
 
     parent = save_checkpoint(small_model(), tmp_path / "parent.safetensors",
@@ -79,8 +80,20 @@ def test_cli_finetune_applies_the_model_and_keeps_the_corrected_slices(tmp_path,
     assert (result.data[..., corrected] == painted[..., corrected]).all()
     model = Segmenter(load_checkpoint(out), device="cpu").segment(
         read_image(image).data, axis=2, spacing=mask.geometry.spacing_mm()).labels
+    expected, removed = applied_labels(model, painted, corrected, axis=2)
+    assert (result.data == expected).all()  # the model's, where it reaches the corrections
+    assert ("left out" in printed) == (removed > 0)
+
+    applied.unlink()  # --keep-unconnected: every other slice exactly the model's
+    assert cli.main([*args, "-o", str(out), "--overwrite", "--apply", str(applied),
+                     "--keep-unconnected"]) == 0
+    assert "left out" not in capsys.readouterr().out
+    result = read_image(applied).data
     others = [k for k in range(painted.shape[2]) if k not in corrected]
-    assert (result.data[..., others] == model[..., others]).all()
+    assert (result[..., corrected] == painted[..., corrected]).all()
+    tuned = Segmenter(load_checkpoint(out), device="cpu").segment(
+        read_image(image).data, axis=2, spacing=mask.geometry.spacing_mm()).labels
+    assert (result[..., others] == tuned[..., others]).all()
 
 
 def test_cli_train_resumes_and_runs_under_torchrun(tmp_path, capsys):

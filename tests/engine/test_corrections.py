@@ -3,7 +3,11 @@
 import numpy as np
 import pytest
 
-from napari_vmunet.engine.corrections import keep_corrections
+from napari_vmunet.engine.corrections import (
+    applied_labels,
+    connected_to_corrections,
+    keep_corrections,
+)
 
 from ..conftest import DATA
 
@@ -27,6 +31,40 @@ def test_a_2d_image_is_the_correction_and_wider_labels_keep_their_values():
     assert merged.dtype == np.uint16 and (merged == 300).all()
     with pytest.raises(ValueError, match="must cover the same voxels"):
         keep_corrections(predicted, corrected[:3], [0], axis=0)
+
+
+def test_only_regions_reaching_the_corrections_are_kept_on_a_real_head():
+    """A model's look-alike far from the structure goes; the structure, which the corrected
+    slices cut through, stays whole, also on the slices between and beyond them."""
+    from napari_vmunet.io import read_image
+
+    brain = read_image(DATA / "robex_brainmask_3mm.nii.gz").data.astype(np.uint8)
+    predicted = brain.copy()
+    predicted[:4, :4, 30:34] = 1  # a blob in the corner, apart from the brain
+    merged, removed = applied_labels(predicted, brain, [20, 35, 50], axis=2)
+    assert removed == 4 * 4 * 4 and (merged == brain).all()
+    kept, none = applied_labels(predicted, brain, [20, 35, 50], axis=2, only_connected=False)
+    assert none == 0 and (kept == predicted).all()
+
+
+def test_connectivity_follows_each_class_and_what_the_user_erased():
+    volume = np.zeros((12, 8, 8), np.uint8)
+    volume[2:9, 2:5, 2:5] = 1  # class 1 through slices 2..8, corrected on slice 4
+    volume[10:12, 2:5, 2:5] = 1  # a second region of class 1, beyond a gap
+    volume[0:3, 6:8, 6:8] = 2  # class 2 appears on no corrected slice: left alone
+    volume[6:9, 0, 0] = 3  # class 3 on corrected slice 7 ...
+    volume[5, 7, 0] = 3  # ... and a stray voxel of it elsewhere
+    merged = volume.copy()
+    merged[7] = 0  # slice 7 corrected: the user erased class 1 there, kept class 3's voxel
+    merged[7, 0, 0] = 3
+    removed = connected_to_corrections(merged, [4, 7], axis=0)
+    assert (merged[2:7, 2:5, 2:5] == 1).all()  # reaches slice 4's labels
+    assert not (merged[8:] == 1).any()  # beyond the erased slice 7, and the far region: gone
+    assert (merged[0:3, 6:8, 6:8] == 2).all()
+    assert merged[6:9, 0, 0].tolist() == [3, 3, 3] and merged[5, 7, 0] == 0
+    assert removed == 9 + 18 + 1
+    flat = volume[4].copy()
+    assert connected_to_corrections(flat, [0], axis=None) == 0 and (flat == volume[4]).all()
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])

@@ -61,7 +61,9 @@ def test_fine_tuning_on_three_corrected_slices_improves_the_others(head):
         return dice(np.take(labels, others, axis) > 0, np.take(mask, others, axis) > 0)
 
     before = dice_on_others()
-    settings = TrainingSettings(steps=60, batch_size=4, learning_rate=2e-3, validate_every=10)
+    # a model from scratch: its encoder must learn too
+    settings = TrainingSettings(steps=60, batch_size=4, learning_rate=2e-3, validate_every=10,
+                                decoder_only=False)
     events = run(FineTuner(model, image, mask, corrected, axis, settings=settings,
                            device="cpu"))
     after = dice_on_others()
@@ -70,14 +72,24 @@ def test_fine_tuning_on_three_corrected_slices_improves_the_others(head):
     assert after > before + 0.2 and after > 0.7, (before, after)
 
 
-def test_few_slices_validate_on_training_slices_and_say_so(head):
+def test_all_corrected_slices_train_by_default_and_validation_says_what_it_measures(head):
     image, mask = head
     settings = TrainingSettings(steps=4, batch_size=2, validate_every=2)
-    events = run(FineTuner(small_model(), image, mask, [30, 40], 2, settings=settings,
-                           device="cpu"))
-    notices = [e.message for e in events if isinstance(e, Notice)]
-    assert any("only 2 corrected slice(s): validating on the training slices" in n
-               for n in notices)
+    tuner = FineTuner(small_model(), image, mask, [30, 40, 50], 2, settings=settings,
+                      device="cpu")
+    notices = [e.message for e in run(tuner) if isinstance(e, Notice)]
+    assert any("all 3 corrected slice(s) train the model" in n for n in notices)
+    assert len(tuner.trainer.train) == len(tuner.trainer.validation) == 3
+    held_out = TrainingSettings(steps=4, batch_size=2, validate_every=2, held_out=0.2)
+    tuner = FineTuner(small_model(), image, mask, [30, 40, 50], 2, settings=held_out,
+                      device="cpu")
+    assert not [e for e in run(tuner) if isinstance(e, Notice)]
+    assert (len(tuner.trainer.train), len(tuner.trainer.validation)) == (2, 1)
+    few = run(FineTuner(small_model(), image, mask, [30, 40], 2, settings=held_out,
+                        device="cpu"))
+    assert any("correct 3 or more" in e.message for e in few if isinstance(e, Notice))
+    with pytest.raises(ValueError, match="held-out share"):
+        TrainingSettings(held_out=1.0)
 
 
 def test_seeded_runs_are_identical_and_decoder_only_keeps_the_encoder(head):
@@ -163,6 +175,7 @@ def test_validation_split_is_spread_and_disjoint():
     assert len(val) == 8 and not set(train) & set(val) and set(train) | set(val) == set(range(40))
     assert max(val) - min(val) > 20
     assert split_slices([3, 7], seed=0) == ([3, 7], [])
+    assert split_slices([3, 7, 9], seed=0, fraction=0) == ([3, 7, 9], [])
 
 
 @pytest.mark.gpu
@@ -332,9 +345,11 @@ def test_out_of_memory_halves_the_training_batch(head, monkeypatch):
 
     monkeypatch.setattr(model, "forward_logits", limited)
     events = run(FineTuner(model, image, mask, [20, 30, 40, 50], 2, device="cpu",
-                           settings=TrainingSettings(steps=3, batch_size=8, validate_every=3)))
+                           settings=TrainingSettings(steps=3, batch_size=8, validate_every=3,
+                                                     held_out=0.2)))
     notices = [e.message for e in events if isinstance(e, Notice)]
-    # 3 training slices -> batches of 3, which "do not fit"; halved to 1, training goes on
+    # 3 training slices (one of the 4 held out) -> batches of 3, which "do not fit"; halved to
+    # 1, training goes on
     assert "out of GPU memory: continuing with batches of 1 slice" in notices
     assert events[-1].steps_run == 3
 

@@ -96,7 +96,7 @@ class FineTuneWidget(ScrollingDock):
         self.learning_rate = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-5,
                                           value=FINE_TUNING.learning_rate)
         self.batch = SpinBox(label="batch size", min=1, max=256, value=FINE_TUNING.batch_size)
-        self.decoder_only = CheckBox(text="decoder only",
+        self.decoder_only = CheckBox(text="decoder only", value=FINE_TUNING.decoder_only,
                                      tooltip="train the decoder; keep the encoder as it is")
         self.device = device_control()
         self.start_button = PushButton(text="Start")
@@ -114,6 +114,10 @@ class FineTuneWidget(ScrollingDock):
             "the labels layer (one undo step); your corrected slices stay as you painted them")
         self.apply_to_new_layer = CheckBox(text="as a new layer",
                                            tooltip="leave the labels layer as it is")
+        self.only_connected = CheckBox(
+            text="only where connected", value=True,
+            tooltip="leave out regions that touch none of your corrected slices' labels: a "
+            "model tuned on a few slices also finds look-alikes elsewhere in the volume")
         self.plot = TrainingPlot()
         self._results = button_row(self.save_button, self.revert_button)
         self.set_controls([
@@ -123,7 +127,8 @@ class FineTuneWidget(ScrollingDock):
             self.recipe_choice, self.window, self.steps, self.learning_rate, self.batch,
             self.decoder_only, self.device, button_row(self.start_button, self.stop_button),
             self.progress, self.status],
-            below=[self.plot, self.apply_button.native, self.apply_to_new_layer.native,
+            below=[self.plot, self.apply_button.native,
+                   self.apply_to_new_layer.native, self.only_connected.native,
                    self.use_button.native, self._results.native])
 
         self._refresh_timer = QTimer(self.native)  # dies with the widget
@@ -452,7 +457,7 @@ class FineTuneWidget(ScrollingDock):
         model's, in one undoable edit of the labels layer (or a new layer); the corrected
         slices, as they are now, stay untouched. The model becomes the one in use, so that
         correcting more and fine-tuning again goes on from it."""
-        from ..engine.corrections import keep_corrections, slices_to_correct
+        from ..engine.corrections import applied_labels, keep_corrections, slices_to_correct
 
         if layer is not self._labels_layer:
             show_error("VM-UNet: the labels layer was changed while applying; nothing was "
@@ -464,19 +469,21 @@ class FineTuneWidget(ScrollingDock):
                        f"{predicted.shape}; nothing was changed")
             return
         corrected = self.corrected_slices()
-        merged = keep_corrections(predicted, current, corrected, axis)
+        merged, removed = applied_labels(predicted, current, corrected, axis,
+                                         only_connected=self.only_connected.value)
+        # what later corrections differ from: what Apply wrote, and on the corrected slices
+        # the model's own (there the user's labels stay corrections)
+        written = keep_corrections(merged, predicted, corrected, axis)
         if self.apply_to_new_layer.value:
             self.viewer.add_labels(
                 merged.astype(current.dtype), name=f"{layer.name} (fine-tuned)",
                 scale=layer.scale, translate=layer.translate,
-                metadata={**layer.metadata, PREDICTION_KEY: predicted.copy()})
+                metadata={**layer.metadata, PREDICTION_KEY: written})
         else:
             changed = np.nonzero(merged != current)
             layer.data_setitem(changed, merged[changed])  # one step of the layer's undo
-            # the new prediction is what later corrections differ from; the slices corrected
-            # so far stay in the training set
-            self._added |= set(corrected)
-            layer.metadata[PREDICTION_KEY] = predicted.copy()
+            self._added |= set(corrected)  # the slices corrected so far stay in the training set
+            layer.metadata[PREDICTION_KEY] = written
             self.refresh_slices()
         self.session.set(self.tuned, self.saved_to,
                          self.saved_to.name if self.saved_to else self._tuned_title())
@@ -484,9 +491,11 @@ class FineTuneWidget(ScrollingDock):
             self._suggested = slices_to_correct(uncertainty, _SUGGESTIONS, corrected)
             self.next_list.reset_choices()
         n = 1 if axis is None else current.shape[axis]
+        left_out = (f"; {removed} voxel(s) in regions reaching none of your corrections left "
+                    "out" if removed else "")
         self.status.value = (f"applied: {n - len(corrected)} slice(s) from the fine-tuned model, "
-                             f"{len(corrected)} corrected slice(s) kept; correct more and "
-                             "Start again to go on from this model")
+                             f"{len(corrected)} corrected slice(s) kept{left_out}; correct more "
+                             "and Start again to go on from this model")
 
     def revert(self) -> None:
         if self.tuned is None:

@@ -63,7 +63,8 @@ def finetune(args: argparse.Namespace) -> int:
     slices = [int(s) for s in args.slices.split(",")] if args.slices else None
     tuner = FineTuner(model, image.data, labels.data.astype(int, copy=False), slices=slices,
                       axis=axis, recipe=chosen_recipe(model, args.recipe),
-                      settings=_settings(args, FINE_TUNING), device=args.device,
+                      settings=replace(_settings(args, FINE_TUNING), held_out=args.held_out),
+                      device=args.device,
                       extend_classes=args.extend_classes, spacing=image.geometry.spacing_mm())
     print(f"fine-tuning on {len(tuner.slices)} slice(s) along axis {tuner.axis}: "
           f"{', '.join(map(str, tuner.slices[:20]))}{' ...' if len(tuner.slices) > 20 else ''}")
@@ -105,7 +106,7 @@ def _apply(model, tuner, image, labels, path: Path | None, args) -> None:
     corrected slices are exactly the user's, and with --suggest print the uncorrected slices
     the new model is least sure of."""
     from ..engine import Segmenter
-    from ..engine.corrections import keep_corrections, slices_to_correct
+    from ..engine.corrections import applied_labels, slices_to_correct
     from ..io import write_labels
     from .segment import with_progress
 
@@ -121,11 +122,15 @@ def _apply(model, tuner, image, labels, path: Path | None, args) -> None:
               "(where the fine-tuned model is least sure)")
     if path is None:
         return
-    merged = keep_corrections(done.labels, labels.data, tuner.slices, tuner.axis)
+    merged, removed = applied_labels(done.labels, labels.data, tuner.slices, tuner.axis,
+                            only_connected=not args.keep_unconnected)
     write_labels(merged, path, labels.geometry, overwrite=args.overwrite)
     n = 1 if tuner.axis is None else merged.shape[tuner.axis]
     print(f"applied {path}: {n - len(tuner.slices)} slice(s) from the fine-tuned model, "
           f"{len(tuner.slices)} corrected slice(s) as you painted them ({done.seconds:.0f} s)")
+    if removed:
+        print(f"left out {removed} voxel(s) in regions that reach none of your corrections "
+              "(--keep-unconnected keeps them)")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -255,7 +260,10 @@ def add_parsers(commands) -> None:
                        help=f"slices per step ({defaults.batch_size})")
         p.add_argument("--validate-every", type=int, default=defaults.validate_every,
                        help=f"steps between validations ({defaults.validate_every})")
-        p.add_argument("--decoder-only", action="store_true", help="keep the encoder frozen")
+        p.add_argument("--decoder-only", action=argparse.BooleanOptionalAction,
+                       default=defaults.decoder_only,
+                       help="keep the encoder frozen (default: "
+                       f"{'yes' if defaults.decoder_only else 'no'})")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
         p.add_argument("--seed", type=int, default=0, help="for a repeatable run")
         p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -270,11 +278,19 @@ def add_parsers(commands) -> None:
     ft.add_argument("--slices", help="corrected slice indices, e.g. 10,11,12 (default: every "
                     "slice holding a label)")
     ft.add_argument("--axis", type=int, help="slicing axis (default: the axial one)")
+    ft.add_argument("--held-out", type=float, default=FINE_TUNING.held_out, metavar="SHARE",
+                    help="the share of the corrected slices kept out of training to validate "
+                    f"on ({FINE_TUNING.held_out:g}: all train the model, which generalises "
+                    "better from a few slices)")
     ft.add_argument("--extend-classes", action="store_true",
                     help="grow the model's head when the labels have more classes")
     ft.add_argument("--apply", metavar="OUT",
                     help="then segment the image with the fine-tuned model and write labels "
                     "to OUT whose corrected slices are exactly yours")
+    ft.add_argument("--keep-unconnected", action="store_true",
+                    help="with --apply, also keep the regions the model finds that touch none "
+                    "of your corrected slices' labels (left out by default: a model tuned on "
+                    "a few slices also finds look-alikes elsewhere)")
     ft.add_argument("--suggest", type=int, metavar="N", default=0,
                     help="then print the N uncorrected slices the fine-tuned model is least "
                     "sure of: the ones to correct next")
@@ -294,7 +310,8 @@ def add_parsers(commands) -> None:
     tr.add_argument("--init-vmamba", help="VMamba-S v0 ImageNet weights to start from")
     tr.add_argument("--axes", default="0,1,2", help="slice along these axes (0,1,2)")
     tr.add_argument("--size", type=int, default=256, help="training slice side (256)")
-    tr.add_argument("--val-fraction", type=float, default=0.1, help="validation share (0.1)")
+    tr.add_argument("--val-fraction", type=float, default=DATA_SET_TRAINING.held_out,
+                    help=f"validation share ({DATA_SET_TRAINING.held_out:g})")
     tr.add_argument("--save-every", type=int, default=100, help="steps between state saves")
     tr.add_argument("--resume", action="store_true", help="continue from OUTPUT.train-state.pt")
     tr.add_argument("--fp16", action="store_true", help="store the weights in float16")

@@ -1,8 +1,11 @@
-"""The correction loop's two helpers: which slices to correct next, and labels that keep the
-user's corrections.
+"""The correction loop's helpers: which slices to correct next, and labels that keep the
+user's corrections and follow them.
 
 After fine-tuning, segmenting again would replace the slices the user corrected by the
-model's (close, but not theirs): :func:`keep_corrections` puts them back. No torch here.
+model's (close, but not theirs): :func:`keep_corrections` puts them back. A model tuned on a
+few slices of a new structure also finds look-alikes elsewhere in the volume (vessels beside a
+tumour, other tissue of the same intensity); :func:`connected_to_corrections` keeps only the
+regions that reach a corrected slice's labels, which is what the user pointed at. No torch here.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy import ndimage
 
 
 def keep_corrections(predicted: np.ndarray, corrected: np.ndarray, slices: Sequence[int],
@@ -29,6 +33,44 @@ def keep_corrections(predicted: np.ndarray, corrected: np.ndarray, slices: Seque
     merged[tuple(index)] = corrected[tuple(index)]
     return merged
 
+
+def connected_to_corrections(merged: np.ndarray, slices: Sequence[int],
+                             axis: int | None) -> int:
+    """Remove from ``merged`` (labels whose ``slices`` along ``axis`` are the user's, from
+    :func:`keep_corrections`), in place, the regions of each class that touch none of that
+    class's voxels on the corrected slices; the number of voxels removed. Regions are 3D,
+    connected through faces, edges and corners (slices are often thick, and a structure shifts
+    between them). A class found on no corrected slice is left as it is: the corrections say
+    nothing about it. A corrected slice the user emptied therefore also cuts a region in two:
+    what lies beyond it, reaching no correction, goes. A 2D image (``axis`` None) is left as
+    it is."""
+    if axis is None or merged.ndim != 3 or not len(slices):
+        return 0
+    removed = 0
+    on_corrected = np.zeros(merged.shape, bool)
+    index = [slice(None)] * merged.ndim
+    index[axis] = list(slices)
+    on_corrected[tuple(index)] = True
+    everywhere = ndimage.generate_binary_structure(3, 3)
+    for c in np.unique(merged[on_corrected]):
+        if c == 0:
+            continue
+        mask = merged == c
+        regions, _ = ndimage.label(mask, structure=everywhere)
+        unreached = mask & ~np.isin(regions, np.unique(regions[on_corrected & mask]))
+        merged[unreached] = 0
+        removed += int(np.count_nonzero(unreached))
+    return removed
+
+
+def applied_labels(predicted: np.ndarray, corrected: np.ndarray, slices: Sequence[int],
+                   axis: int | None, only_connected: bool = True) -> tuple[np.ndarray, int]:
+    """What Apply writes, in the CLI and in napari: ``predicted`` with the corrected ``slices``
+    as the user painted them (:func:`keep_corrections`) and, ``only_connected``, without the
+    regions that reach none of their labels (:func:`connected_to_corrections`); and how many
+    voxels those regions held."""
+    merged = keep_corrections(predicted, corrected, slices, axis)
+    return merged, connected_to_corrections(merged, slices, axis) if only_connected else 0
 
 
 def slices_to_correct(uncertainty: np.ndarray, count: int,

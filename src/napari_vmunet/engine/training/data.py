@@ -117,10 +117,10 @@ def volume_slices(image: np.ndarray, labels: np.ndarray, axes: Sequence[int], re
 
 def split_slices(slices: Sequence[int], seed: int,
                  fraction: float = 0.2) -> tuple[list[int], list[int]]:
-    """A ``fraction`` of the slices (at least one once there are three) for validation, spread
-    over the volume so that validation is not one end of it."""
+    """A ``fraction`` of the slices (at least one once there are three, none for a fraction of
+    0) for validation, spread over the volume so that validation is not one end of it."""
     slices = sorted(slices)
-    if len(slices) < 3:
+    if len(slices) < 3 or fraction <= 0:
         return slices, []
     n_val = max(1, round(len(slices) * fraction))
     rng = np.random.default_rng(seed)

@@ -66,11 +66,14 @@ class FineTuner:
         self.trainer: Trainer | None = None
 
     def run(self) -> Iterator:
-        train_idx, val_idx = split_slices(self.slices, self.settings.seed)
+        held_out = self.settings.held_out
+        train_idx, val_idx = split_slices(self.slices, self.settings.seed, held_out)
         if not val_idx:
             val_idx = train_idx
-            self.notes.append(f"only {len(self.slices)} corrected slice(s): validating on the "
-                              "training slices (correct 3 or more for an honest validation)")
+            self.notes.append(
+                f"all {len(self.slices)} corrected slice(s) train the model: the validation "
+                "Dice says how well it fits them, not how it does on other slices"
+                + ("" if held_out <= 0 else " (correct 3 or more to hold some out)"))
         multiple = self.model.config.size_multiple
         data = prepare_slices(self._image, self._labels, self.slices, self.axis, self.recipe,
                               multiple, self.device, pixel_spacing=self._pixel_spacing)
