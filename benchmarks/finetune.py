@@ -98,7 +98,11 @@ def usefulness(args, device):
     budget), and the Dice of the whole volume after each."""
     from napari_vmunet.checkpoint import load_checkpoint
     from napari_vmunet.engine import Segmenter
-    from napari_vmunet.engine.corrections import applied_labels, slices_to_correct
+    from napari_vmunet.engine.corrections import (
+        applied_labels,
+        slices_to_correct,
+        structure_slices,
+    )
     from napari_vmunet.engine.events import TrainingDone
     from napari_vmunet.engine.training.finetuner import FineTuner
     from napari_vmunet.engine.training.settings import FINE_TUNING
@@ -173,7 +177,9 @@ def usefulness(args, device):
         remaining = [i for i in holding if i not in corrected]
         k = min(args.next, len(remaining))
         choices = {
-            "suggested": slices_to_correct(unsure, k, corrected),
+            "suggested": slices_to_correct(unsure, k, corrected,
+                                           structure_slices(connected, axis)),
+            "suggested from the whole volume": slices_to_correct(unsure, k, corrected),
             "evenly spaced": [remaining[int((j + 0.5) * len(remaining) / k)] for j in range(k)],
         }
         neither = set(corrected).union(*choices.values())

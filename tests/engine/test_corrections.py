@@ -7,6 +7,8 @@ from napari_vmunet.engine.corrections import (
     applied_labels,
     connected_to_corrections,
     keep_corrections,
+    slices_to_correct,
+    structure_slices,
 )
 
 from ..conftest import DATA
@@ -65,6 +67,17 @@ def test_connectivity_follows_each_class_and_what_the_user_erased():
     assert removed == 9 + 18 + 1
     flat = volume[4].copy()
     assert connected_to_corrections(flat, [0], axis=None) == 0 and (flat == volume[4]).all()
+
+
+def test_suggestions_stay_on_and_beside_the_structure():
+    labels = np.zeros((4, 10, 6), np.uint8)
+    labels[:, 3:5, 2] = 1  # on slices 3 and 4 along axis 1
+    assert structure_slices(labels, axis=1) == [2, 3, 4, 5]
+    assert structure_slices(labels, axis=1, margin=3) == [0, 1, 2, 3, 4, 5, 6, 7]
+    assert structure_slices(np.zeros_like(labels), axis=0) == []
+    unsure = np.array([0, 9, 1, 2, 3, 8, 0, 0, 7, 0], float)  # most unsure far away: 1, 5, 8
+    assert slices_to_correct(unsure, 2, corrected=[4]) == [1, 5]
+    assert slices_to_correct(unsure, 2, corrected=[4], among=[2, 3, 4, 5]) == [5, 3]
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])

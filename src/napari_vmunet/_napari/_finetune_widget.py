@@ -457,7 +457,12 @@ class FineTuneWidget(ScrollingDock):
         model's, in one undoable edit of the labels layer (or a new layer); the corrected
         slices, as they are now, stay untouched. The model becomes the one in use, so that
         correcting more and fine-tuning again goes on from it."""
-        from ..engine.corrections import applied_labels, keep_corrections, slices_to_correct
+        from ..engine.corrections import (
+            applied_labels,
+            keep_corrections,
+            slices_to_correct,
+            structure_slices,
+        )
 
         if layer is not self._labels_layer:
             show_error("VM-UNet: the labels layer was changed while applying; nothing was "
@@ -488,7 +493,8 @@ class FineTuneWidget(ScrollingDock):
         self.session.set(self.tuned, self.saved_to,
                          self.saved_to.name if self.saved_to else self._tuned_title())
         if uncertainty is not None and axis is not None:
-            self._suggested = slices_to_correct(uncertainty, _SUGGESTIONS, corrected)
+            self._suggested = slices_to_correct(uncertainty, _SUGGESTIONS, corrected,
+                                                structure_slices(merged, axis))
             self.next_list.reset_choices()
         n = 1 if axis is None else current.shape[axis]
         left_out = (f"; {removed} voxel(s) in regions reaching none of your corrections left "

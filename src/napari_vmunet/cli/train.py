@@ -106,7 +106,7 @@ def _apply(model, tuner, image, labels, path: Path | None, args) -> None:
     corrected slices are exactly the user's, and with --suggest print the uncorrected slices
     the new model is least sure of."""
     from ..engine import Segmenter
-    from ..engine.corrections import applied_labels, slices_to_correct
+    from ..engine.corrections import applied_labels, slices_to_correct, structure_slices
     from ..io import write_labels
     from .segment import with_progress
 
@@ -116,14 +116,15 @@ def _apply(model, tuner, image, labels, path: Path | None, args) -> None:
                                        spacing=image.geometry.spacing_mm(),
                                        uncertainty=bool(args.suggest)),
                          "applying" if path else "suggesting", show=not args.quiet)
+    merged, removed = applied_labels(done.labels, labels.data, tuner.slices, tuner.axis,
+                                     only_connected=not args.keep_unconnected)
     if args.suggest:
-        suggested = slices_to_correct(done.uncertainty, args.suggest, tuner.slices)
+        among = None if tuner.axis is None else structure_slices(merged, tuner.axis)
+        suggested = slices_to_correct(done.uncertainty, args.suggest, tuner.slices, among)
         print(f"suggest: correct slices {', '.join(map(str, suggested)) or 'none'} next "
-              "(where the fine-tuned model is least sure)")
+              "(where the fine-tuned model is least sure, on and beside the structure)")
     if path is None:
         return
-    merged, removed = applied_labels(done.labels, labels.data, tuner.slices, tuner.axis,
-                            only_connected=not args.keep_unconnected)
     write_labels(merged, path, labels.geometry, overwrite=args.overwrite)
     n = 1 if tuner.axis is None else merged.shape[tuner.axis]
     print(f"applied {path}: {n - len(tuner.slices)} slice(s) from the fine-tuned model, "
