@@ -13,12 +13,16 @@ Two details carry most of the speed:
   Its argument is never positive (delta > 0, A < 0); results below e^-83 are flushed to exactly 0,
   which also keeps denormals, and their 100x slow-down, out of the state.
 
+The backward recomputes each channel's forward states, then walks back once. It runs in short
+passes over task-local (L, N) buffers (exp values, states, adjoint states) rather than one fused
+loop: a loop storing into many arrays is not proven alias-free and stays scalar, and the stored
+exp values serve both walks.
+
 The softplus of delta runs in torch beforehand (vectorised, once per position, not per state).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 
 import numpy as np
@@ -50,8 +54,10 @@ _LOG2E = np.float32(1.4426950408889634)
 def _exp_nonpositive(x):
     """exp(x) for x <= 0 in float32, relative error < 2e-7, exactly 0 below x = -83."""
     z = max(x * _LOG2E, np.float32(-125.0))
-    k = np.float32(math.floor(z + np.float32(0.5)))
-    f = z - k  # in [-0.5, 0.5]: the Taylor series of 2**f converges fast there
+    # Round to nearest by truncating a positive value: one vector instruction, where
+    # math.floor goes through int64 and back.
+    k = -np.int32(np.float32(0.5) - z)
+    f = z - np.float32(k)  # in [-0.5, 0.5]: the Taylor series of 2**f converges fast there
     p = np.float32(1.5252733804059841e-05)
     p = p * f + np.float32(1.5403530393381606e-04)
     p = p * f + np.float32(1.3333558146428443e-03)
@@ -60,7 +66,7 @@ def _exp_nonpositive(x):
     p = p * f + np.float32(2.4022650695910071e-01)
     p = p * f + np.float32(6.9314718055994531e-01)
     p = p * f + np.float32(1.0)
-    r = p * _float_from_bits(np.int32(k + np.float32(127.0)) << 23)
+    r = p * _float_from_bits((k + np.int32(127)) << 23)
     return r if z > np.float32(-120.0) else np.float32(0.0)
 
 
@@ -91,7 +97,12 @@ def _forward_kernel(u, delta, A, Bt, Ct, D, out):
 def _backward_kernel(u, delta, A, Bt, Ct, D, dout, du, ddelta, dA, dD, dB_parts, dC_parts):
     """Gradients of one scan. B and C are shared by the channels of a group, so each task owns a
     (batch, group, part) slice of channels and accumulates dB/dC into its own part buffer:
-    no two tasks write the same memory, and the parts are summed afterwards."""
+    no two tasks write the same memory, and the parts are summed afterwards.
+
+    Per channel, in separate passes over task-local (L, N) buffers: exp(delta * A) (evaluated
+    once, reused by both walks), the forward states, the adjoint states (walking back), then the
+    gradient terms. Each inner loop stores into one or two arrays, which the compiler vectorises;
+    one fused loop storing into five arrays (with exp evaluated twice) was about 4x slower."""
     batch, channels, length = u.shape
     n_state = A.shape[1]
     groups = Bt.shape[1]
@@ -102,44 +113,55 @@ def _backward_kernel(u, delta, A, Bt, Ct, D, dout, du, ddelta, dA, dD, dB_parts,
         b = task // (groups * parts)
         g = (task // parts) % groups
         p = task % parts
+        decay = np.empty((length, n_state), np.float32)  # exp(delta_t * A)
         states = np.zeros((length + 1, n_state), np.float32)  # states[t + 1] = h_t, states[0] = 0
+        adjoint = np.empty((length, n_state), np.float32)  # dLoss/dh_t
         dh = np.empty(n_state, np.float32)
         dA_c = np.empty(n_state, np.float32)
+        Bg, Cg = Bt[b, g], Ct[b, g]
+        dB_p, dC_p = dB_parts[b, g, p], dC_parts[b, g, p]
         first = g * per_group + p * per_part
         last = min(first + per_part, (g + 1) * per_group)
         for c in range(first, last):
             a = A[c]
+            d_c, u_c, gy_c = delta[b, c], u[b, c], dout[b, c]
+            for t in range(length):
+                d = d_c[t]
+                for n in range(n_state):
+                    decay[t, n] = _exp_nonpositive(d * a[n])
             # Recompute the forward states (cheaper than storing them for every channel).
             for t in range(length):
-                d = delta[b, c, t]
-                dx = d * u[b, c, t]
+                dx = d_c[t] * u_c[t]
                 for n in range(n_state):
-                    states[t + 1, n] = (
-                        _exp_nonpositive(d * a[n]) * states[t, n] + dx * Bt[b, g, t, n]
-                    )
+                    states[t + 1, n] = decay[t, n] * states[t, n] + dx * Bg[t, n]
+            for t in range(length):
+                gy = gy_c[t]
+                for n in range(n_state):
+                    dC_p[t, n] += gy * states[t + 1, n]
             dh[:] = 0.0
+            for t in range(length - 1, -1, -1):
+                gy = gy_c[t]
+                for n in range(n_state):
+                    adj = dh[n] + gy * Cg[t, n]
+                    adjoint[t, n] = adj
+                    dh[n] = adj * decay[t, n]
             dA_c[:] = 0.0
             dD_c = np.float32(0.0)
-            for t in range(length - 1, -1, -1):
-                gy = dout[b, c, t]
-                x = u[b, c, t]
-                d = delta[b, c, t]
+            for t in range(length):
+                gy, x, d = gy_c[t], u_c[t], d_c[t]
+                dx = d * x
                 dD_c += gy * x
-                du_t = gy * D[c]
-                dd = np.float32(0.0)
+                s_b = np.float32(0.0)  # sum_n adjoint * B, shared by du and ddelta
                 for n in range(n_state):
-                    bn = Bt[b, g, t, n]
-                    dhn = dh[n] + gy * Ct[b, g, t, n]
-                    dC_parts[b, g, p, t, n] += gy * states[t + 1, n]
-                    e = _exp_nonpositive(d * a[n])
-                    h_prev = states[t, n]
-                    dd += dhn * (a[n] * e * h_prev + x * bn)
-                    du_t += dhn * d * bn
-                    dB_parts[b, g, p, t, n] += dhn * d * x
-                    dA_c[n] += dhn * d * e * h_prev
-                    dh[n] = dhn * e
-                du[b, c, t] = du_t
-                ddelta[b, c, t] = dd
+                    s_b += adjoint[t, n] * Bg[t, n]
+                    dB_p[t, n] += dx * adjoint[t, n]
+                s_a = np.float32(0.0)
+                for n in range(n_state):
+                    w = adjoint[t, n] * decay[t, n] * states[t, n]  # d/d(delta * A) of h_t
+                    s_a += a[n] * w
+                    dA_c[n] += d * w
+                du[b, c, t] = gy * D[c] + d * s_b
+                ddelta[b, c, t] = x * s_b + s_a
             for n in range(n_state):
                 dA[b, c, n] = dA_c[n]
             dD[b, c] = dD_c
