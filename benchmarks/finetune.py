@@ -99,7 +99,8 @@ def usefulness(args, device):
     from napari_vmunet.checkpoint import load_checkpoint
     from napari_vmunet.engine import Segmenter
     from napari_vmunet.engine.corrections import (
-        applied_labels,
+        connected_to_corrections,
+        keep_corrections,
         slices_to_correct,
         structure_slices,
     )
@@ -153,8 +154,9 @@ def usefulness(args, device):
         _sync(device)
         tuned_s = time.perf_counter() - start
         done, apply_s = segmented(model, uncertainty=bool(args.next))
-        kept, _ = applied_labels(done.labels, truth, slices, axis, only_connected=False)
-        connected, _ = applied_labels(done.labels, truth, slices, axis)
+        kept = keep_corrections(done.labels, truth, slices, axis)
+        connected = kept.copy()
+        connected_to_corrections(connected, slices, axis)
         return kept, connected, done.uncertainty, trained, tuned_s, apply_s
 
     segmented(base)  # warm-up: kernels compiled and caches filled, as for a user's second run

@@ -90,7 +90,8 @@ def structure_slices(labels: np.ndarray, axis: int, margin: int = 1) -> list[int
     more on each side: where a correction can still change what Apply keeps. After Apply,
     labels beyond them reach no correction and are left out anyway, so a slice the model is
     unsure of far from the structure is not worth the user's time (measured: suggestions
-    from the whole volume lost 0.05 Dice to evenly spaced slices on two of four volumes)."""
+    from the whole volume picked such slices and lost 0.05-0.08 Dice of the volume to evenly
+    spaced ones on two of four volumes, benchmarks/RESULTS.md 2026-12-03)."""
     along = np.moveaxis(np.asarray(labels), axis, 0)
     holding = np.flatnonzero(along.reshape(along.shape[0], -1).any(1))
     if not holding.size:
