@@ -76,8 +76,12 @@ def test_suggestions_stay_on_and_beside_the_structure():
     assert structure_slices(labels, axis=1, margin=3) == [0, 1, 2, 3, 4, 5, 6, 7]
     assert structure_slices(np.zeros_like(labels), axis=0) == []
     unsure = np.array([0, 9, 1, 2, 3, 8, 0, 0, 7, 0], float)  # most unsure far away: 1, 5, 8
-    assert slices_to_correct(unsure, 2, corrected=[4]) == [1, 5]
+    # 3 slices spread over 10 would be 2.5 apart: suggestions keep 2 from the others, so 5,
+    # next to the corrected 4, gives way to 8
+    assert slices_to_correct(unsure, 2, corrected=[4]) == [1, 8]
+    assert slices_to_correct(unsure, 3, corrected=[4]) == [1, 5, 8]  # 4 spread: 2 apart
     assert slices_to_correct(unsure, 2, corrected=[4], among=[2, 3, 4, 5]) == [5, 3]
+    assert slices_to_correct(unsure, 9, corrected=[4], among=[2, 3, 4, 5]) == [5, 3, 2]
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
