@@ -7,8 +7,8 @@
 3. finetune-2-corrected.png: three slices corrected; the Fine-tune widget lists them.
 4. finetune-3-trained.png: the Fine-tune widget after training, with its loss/Dice plot.
 5. finetune-4-applied.png: Apply to uncorrected slices; the slices to correct next.
-6. t1-applied.png: the same loop on the T1 head: the three slices the model got most wrong
-   corrected, fine-tuned, applied.
+6. t1-applied.png: the same loop on the T1 head: in each third of the brain's slices, the one
+   the model got most wrong corrected; fine-tuned, applied.
 Prints the Dice of each result against the sample's reference label, on the slices that were
 not corrected. Fine-tuning uses the widget's defaults (``--steps`` changes the step count).
 """

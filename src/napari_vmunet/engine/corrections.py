@@ -91,14 +91,13 @@ def slices_to_correct(uncertainty: np.ndarray, count: int, corrected: Sequence[i
     pool = range(len(unsure)) if among is None else sorted({int(s) for s in among})
     order = sorted((s for s in pool if s not in done), key=lambda s: -unsure[s])
     gap = len(pool) / (len(done) + count + 1)
-    apart = math.ceil(gap / 2)
     chosen: list[int] = []
-    while len(chosen) < min(count, len(order)):
+    for apart in range(math.ceil(gap / 2), -1, -1):  # closer only when it must
         for s in order:
-            if len(chosen) < count and s not in chosen and all(
-                    abs(s - t) >= apart for t in (*done, *chosen)):
+            if len(chosen) >= count:
+                return chosen
+            if s not in chosen and all(abs(s - t) >= apart for t in (*done, *chosen)):
                 chosen.append(s)
-        apart -= 1
     return chosen
 
 
