@@ -128,13 +128,14 @@ def usefulness(args, device):
                        steps=args.steps or FINE_TUNING.steps,
                        batch_size=args.batch_size or FINE_TUNING.batch_size,
                        learning_rate=args.lr or FINE_TUNING.learning_rate,
-                       held_out=FINE_TUNING.held_out if args.held_out is None else args.held_out)
+                       held_out=FINE_TUNING.held_out if args.held_out is None else args.held_out,
+                       learn=args.learn or FINE_TUNING.learn)
 
-    def segmented(model, uncertainty=False):
+    def segmented(model, uncertainty=False, prior=None):
         _sync(device)
         start = time.perf_counter()
         done = Segmenter(model, recipe, device=device).segment(
-            image.data, axis=axis, spacing=spacing, uncertainty=uncertainty)
+            image.data, axis=axis, spacing=spacing, uncertainty=uncertainty, prior=prior)
         _sync(device)
         return done, time.perf_counter() - start
 
@@ -153,7 +154,7 @@ def usefulness(args, device):
                 trained = event
         _sync(device)
         tuned_s = time.perf_counter() - start
-        done, apply_s = segmented(model, uncertainty=bool(args.next))
+        done, apply_s = segmented(model, uncertainty=bool(args.next), prior=tuner.shape_prior())
         kept = keep_corrections(done.labels, truth, slices, axis)
         connected = kept.copy()
         connected_to_corrections(connected, slices, axis)
@@ -258,6 +259,8 @@ def main(argv=None) -> int:
     parser.add_argument("--decoder-only", action=argparse.BooleanOptionalAction,
                         help="keep the encoder frozen (default: FINE_TUNING's)")
     parser.add_argument("--batch-size", type=int, help="default: FINE_TUNING's")
+    parser.add_argument("--learn", choices=("classifier", "network"),
+                        help="what learns (default: FINE_TUNING's)")
     parser.add_argument("--lr", type=float, help="learning rate (default: FINE_TUNING's)")
     parser.add_argument("--held-out", type=float,
                         help="share of the corrected slices held out (default: FINE_TUNING's)")

@@ -163,7 +163,7 @@ def main(argv=None) -> int:
         steps, stall = run_in_widget(app, tune, beat, lambda e: isinstance(e, TrainingStep))
         stalls.append(stall)
         rates_worker.append(steps[-1].images_per_second)
-        settings = TrainingSettings(steps=args.steps, batch_size=tune.batch.value,
+        settings = TrainingSettings(steps=args.steps, batch_size=tune.batch.value, learn="network",
                                     learning_rate=tune.learning_rate.value,
                                     validate_every=max(1, min(FINE_TUNING.validate_every,
                                                               args.steps // 10)))

@@ -150,7 +150,7 @@ def test_apply_fills_the_uncorrected_slices_in_one_undo_and_the_loop_goes_on(ses
     assert (layer.data == before).all() and (beside[CORRECTED] == corrected).all()
     ct, _ = load_sample("ct-lung")
     predicted = Segmenter(tune.tuned, tune.tuner.recipe, device="cpu").segment(
-        ct.data, axis=0, spacing=ct.geometry.spacing_mm()).labels
+        ct.data, axis=0, spacing=ct.geometry.spacing_mm(), prior=tune.tuner.shape_prior()).labels
     others = [k for k in range(before.shape[0]) if k not in CORRECTED]
     assert (beside[others] == predicted[others]).all()  # the fine-tuned model's
 
@@ -268,6 +268,8 @@ def test_closing_the_window_asks_before_discarding_a_fine_tuned_model(
 
 def test_stop_before_the_first_validation_keeps_nothing_it_cannot_vouch_for(session, qtbot):
     viewer, _, tune = session
+    tune.learn.value = "network"  # slow enough steps to stop before step 20
+    assert tune.batch.enabled and tune.decoder_only.enabled
     fine_tune(viewer, tune, qtbot, steps=5000)
     qtbot.waitUntil(lambda: len(tune.plot.loss) >= 1, timeout=120000)
     tune.stop()

@@ -78,8 +78,18 @@ def test_cli_finetune_applies_the_model_and_keeps_the_corrected_slices(tmp_path,
     assert np.allclose(result.geometry.affine, mask.geometry.affine)
     corrected = [20, 35, 50]
     assert (result.data[..., corrected] == painted[..., corrected]).all()
-    model = Segmenter(load_checkpoint(out), device="cpu").segment(
-        read_image(image).data, axis=2, spacing=mask.geometry.spacing_mm()).labels
+    def tuned_model_labels():
+        """The fine-tuned model's labels, guided by the corrected slices' shape as in the CLI."""
+        from napari_vmunet.engine.training.finetuner import FineTuner
+
+        tuned, volume = load_checkpoint(out), read_image(image).data
+        spacing = mask.geometry.spacing_mm()
+        prior = FineTuner(tuned, volume, painted, corrected, 2, spacing=spacing).shape_prior()
+        assert prior is not None
+        return Segmenter(tuned, device="cpu").segment(volume, axis=2, spacing=spacing,
+                                                      prior=prior).labels
+
+    model = tuned_model_labels()
     expected, removed = applied_labels(model, painted, corrected, axis=2)
     assert (result.data == expected).all()  # the model's, where it reaches the corrections
     assert ("left out" in printed) == (removed > 0)
@@ -91,9 +101,7 @@ def test_cli_finetune_applies_the_model_and_keeps_the_corrected_slices(tmp_path,
     result = read_image(applied).data
     others = [k for k in range(painted.shape[2]) if k not in corrected]
     assert (result[..., corrected] == painted[..., corrected]).all()
-    tuned = Segmenter(load_checkpoint(out), device="cpu").segment(
-        read_image(image).data, axis=2, spacing=mask.geometry.spacing_mm()).labels
-    assert (result[..., others] == tuned[..., others]).all()
+    assert (result[..., others] == tuned_model_labels()[..., others]).all()
 
 
 def test_cli_train_resumes_and_runs_under_torchrun(tmp_path, capsys):

@@ -1,4 +1,6 @@
-"""Fine-tuning and training on real volumes: learning, stopping, saving, bad input, torchrun."""
+"""Training the network (fine-tuning with ``learn="network"``, and data-set training) on real
+volumes: learning, stopping, saving, bad input. The pixel classifier, fine-tuning's default,
+is tests/engine/test_classifier.py."""
 
 import io
 import itertools
@@ -33,6 +35,11 @@ def head():
             read_image(DATA / "robex_brainmask_3mm.nii.gz").data.astype(np.int64))
 
 
+def network_settings(**fields):
+    """Settings in which the network itself learns."""
+    return TrainingSettings(**{"learn": "network", **fields})
+
+
 def small_model(seed=0, **config):
     torch.manual_seed(seed)
     model = VMUNet(VMUNetConfig(**{**SMALL, **config}))
@@ -62,7 +69,7 @@ def test_fine_tuning_on_three_corrected_slices_improves_the_others(head):
 
     before = dice_on_others()
     # a model from scratch: its encoder must learn too
-    settings = TrainingSettings(steps=60, batch_size=4, learning_rate=2e-3, validate_every=10,
+    settings = network_settings(steps=60, batch_size=4, learning_rate=2e-3, validate_every=10,
                                 decoder_only=False)
     events = run(FineTuner(model, image, mask, corrected, axis, settings=settings,
                            device="cpu"))
@@ -74,13 +81,13 @@ def test_fine_tuning_on_three_corrected_slices_improves_the_others(head):
 
 def test_all_corrected_slices_train_by_default_and_validation_says_what_it_measures(head):
     image, mask = head
-    settings = TrainingSettings(steps=4, batch_size=2, validate_every=2)
+    settings = network_settings(steps=4, batch_size=2, validate_every=2)
     tuner = FineTuner(small_model(), image, mask, [30, 40, 50], 2, settings=settings,
                       device="cpu")
     notices = [e.message for e in run(tuner) if isinstance(e, Notice)]
     assert any("all 3 corrected slice(s) train the model" in n for n in notices)
     assert len(tuner.trainer.train) == len(tuner.trainer.validation) == 3
-    held_out = TrainingSettings(steps=4, batch_size=2, validate_every=2, held_out=0.2)
+    held_out = network_settings(steps=4, batch_size=2, validate_every=2, held_out=0.2)
     tuner = FineTuner(small_model(), image, mask, [30, 40, 50], 2, settings=held_out,
                       device="cpu")
     assert not [e for e in run(tuner) if isinstance(e, Notice)]
@@ -94,7 +101,7 @@ def test_all_corrected_slices_train_by_default_and_validation_says_what_it_measu
 
 def test_seeded_runs_are_identical_and_decoder_only_keeps_the_encoder(head):
     image, mask = head
-    settings = TrainingSettings(steps=6, batch_size=2, validate_every=3, decoder_only=True)
+    settings = network_settings(steps=6, batch_size=2, validate_every=3, decoder_only=True)
     models = [small_model(), small_model()]
     encoder_before = {k: v.clone() for k, v in models[0].state_dict().items()
                       if k.startswith(("vmunet.patch_embed", "vmunet.layers."))}
@@ -111,7 +118,7 @@ def test_stopping_keeps_the_best_weights(head):
     image, mask = head
     model = small_model()
     tuner = FineTuner(model, image, mask, [20, 30, 40, 50, 60], 2, device="cpu",
-                      settings=TrainingSettings(steps=100, batch_size=2, validate_every=2))
+                      settings=network_settings(steps=100, batch_size=2, validate_every=2))
     events = tuner.run()
     for event in events:
         if isinstance(event, ValidationResult) and event.step >= 4:
@@ -136,7 +143,7 @@ def test_a_nan_loss_stops_and_restores_the_best(head, monkeypatch):
 
     monkeypatch.setattr(model, "forward_logits", poisoned)
     events = run(FineTuner(model, image, mask, [20, 30, 40], 2, device="cpu",
-                           settings=TrainingSettings(steps=50, batch_size=2, validate_every=10)))
+                           settings=network_settings(steps=50, batch_size=2, validate_every=10)))
     assert events[-1].stop_reason == "NaN loss"
     assert any("the loss became nan" in e.message for e in events if isinstance(e, Notice))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in initial.items())
@@ -149,7 +156,7 @@ def test_extra_label_values_are_refused_or_extend_the_head(head):
     with pytest.raises(ValueError, match="labels use values up to 2 but the model knows 2"):
         FineTuner(small_model(), image, labels, [30], 2, device="cpu")
     tuner = FineTuner(small_model(), image, labels, [30, 40], 2, device="cpu",
-                      extend_classes=True, settings=TrainingSettings(steps=2, batch_size=2))
+                      extend_classes=True, settings=network_settings(steps=2, batch_size=2))
     assert run(tuner)[-1].steps_run == 2
 
 
@@ -183,7 +190,7 @@ def test_fine_tuning_on_cuda_in_bf16(head):
     image, mask = head
     model = small_model()
     events = run(FineTuner(model, image, mask, [25, 40, 55], 2, device="cuda",
-                           settings=TrainingSettings(steps=40, batch_size=8, learning_rate=2e-3,
+                           settings=network_settings(steps=40, batch_size=8, learning_rate=2e-3,
                                                      validate_every=10)))
     validations = [e for e in events if isinstance(e, ValidationResult)]
     assert events[-1].stop_reason == "finished" and validations[-1].best_dice > 0.6
@@ -211,7 +218,7 @@ def test_the_captured_training_step_trains_as_the_eager_one(head, monkeypatch):
     """On CUDA every step after the warm-up replays one CUDA graph; the losses, the schedule's
     rates and the Dice are those of the same training run eagerly."""
     image, mask = head
-    settings = TrainingSettings(steps=12, batch_size=4, validate_every=6, augment=False,
+    settings = network_settings(steps=12, batch_size=4, validate_every=6, augment=False,
                                 bf16=False, learning_rate=2e-3)
     runs = {}
     for name, step_class in [("graph", CountedCaptures), ("eager", NeverCaptured)]:
@@ -249,7 +256,7 @@ def test_a_nan_loss_in_the_captured_step_leaves_weights_and_optimizer_finite(hea
 
     monkeypatch.setattr(model, "forward_logits", poisoned_when_captured)
     tuner = FineTuner(model, image, mask, [20, 30, 40], 2, device="cuda",
-                      settings=TrainingSettings(steps=20, batch_size=2, validate_every=10))
+                      settings=network_settings(steps=20, batch_size=2, validate_every=10))
     after_last_good_step = None
     for event in tuner.run():
         if isinstance(event, TrainingStep):
@@ -279,7 +286,7 @@ def test_out_of_memory_while_capturing_halves_the_batch_and_captures_again(head,
 
     monkeypatch.setattr(model, "forward_logits", short_of_memory_for_4)
     events = run(FineTuner(model, image, mask, [20, 30, 40, 50, 60], 2, device="cuda",
-                           settings=TrainingSettings(steps=8, batch_size=8, validate_every=4)))
+                           settings=network_settings(steps=8, batch_size=8, validate_every=4)))
     notices = [e.message for e in events if isinstance(e, Notice)]
     assert "out of GPU memory: continuing with batches of 2 slices" in notices
     assert [shape[0] for shape in CountedCaptures.shapes] == [2]
@@ -291,7 +298,7 @@ def _trainer_on(device, head, steps):
     model = small_model().to(device)
     data = prepare_slices(image, mask, [30, 40, 50], 2, RECIPES["mri"],
                           model.config.size_multiple, torch.device(device))
-    return Trainer(model, data, data, TrainingSettings(steps=steps, batch_size=2,
+    return Trainer(model, data, data, network_settings(steps=steps, batch_size=2,
                                                        validate_every=3), torch.device(device))
 
 
@@ -324,7 +331,7 @@ def test_a_training_state_resumes_on_the_other_device(head):
 def test_learning_rate_warms_up_then_falls_to_a_hundredth(head):
     image, mask = head
     tuner = FineTuner(small_model(), image, mask, [30, 40], 2, device="cpu",
-                      settings=TrainingSettings(steps=40, learning_rate=1e-3,
+                      settings=network_settings(steps=40, learning_rate=1e-3,
                                                 warmup_fraction=0.1, validate_every=10))
     events = run(tuner)
     rates = [e.learning_rate for e in events if isinstance(e, TrainingStep)]
@@ -345,7 +352,7 @@ def test_out_of_memory_halves_the_training_batch(head, monkeypatch):
 
     monkeypatch.setattr(model, "forward_logits", limited)
     events = run(FineTuner(model, image, mask, [20, 30, 40, 50], 2, device="cpu",
-                           settings=TrainingSettings(steps=3, batch_size=8, validate_every=3,
+                           settings=network_settings(steps=3, batch_size=8, validate_every=3,
                                                      held_out=0.2)))
     notices = [e.message for e in events if isinstance(e, Notice)]
     # 3 training slices (one of the 4 held out) -> batches of 3, which "do not fit"; halved to

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
+    ComboBox,
     FloatSpinBox,
     ProgressBar,
     PushButton,
@@ -92,6 +93,14 @@ class FineTuneWidget(ScrollingDock):
                                 tooltip="after Apply: the uncorrected slices the fine-tuned "
                                 "model is least sure of; double-click to look")
         self.recipe_choice, self.window = recipe_controls()
+        self.learn = ComboBox(
+            label="what learns", value=FINE_TUNING.learn,
+            choices=[("a pixel classifier (seconds)", "classifier"),
+                     ("the network (minutes)", "network")],
+            tooltip="a pixel classifier on the model's features and your corrected slices' "
+            "shapes: seconds, also on a CPU, and on the volumes we measured the better of the "
+            "two from a few slices; or the network itself (learning rate, batch size and "
+            "decoder only apply to it)")
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=FINE_TUNING.steps)
         self.learning_rate = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-5,
                                           value=FINE_TUNING.learning_rate)
@@ -124,7 +133,8 @@ class FineTuneWidget(ScrollingDock):
             self.model_card, self.image_choice, self.labels_choice, self.axis,
             self.slice_list, button_row(self.goto_button, self.add_button, self.remove_button),
             self.next_list,
-            self.recipe_choice, self.window, self.steps, self.learning_rate, self.batch,
+            self.recipe_choice, self.window, self.learn, self.steps, self.learning_rate,
+            self.batch,
             self.decoder_only, self.device, button_row(self.start_button, self.stop_button),
             self.progress, self.status],
             below=[self.plot, self.apply_button.native,
@@ -136,6 +146,8 @@ class FineTuneWidget(ScrollingDock):
         self._refresh_timer.setInterval(_REFRESH_DELAY_MS)
         self._refresh_timer.timeout.connect(self.refresh_slices)
         self.labels_choice.changed.connect(self._follow_labels_layer)
+        self.learn.changed.connect(self._show_network_settings)
+        self._show_network_settings()
         self.axis.changed.connect(self.refresh_slices)
         self.goto_button.clicked.connect(self.go_to_selected)
         self.slice_list.native.itemDoubleClicked.connect(lambda _item: self.go_to_selected())
@@ -155,6 +167,12 @@ class FineTuneWidget(ScrollingDock):
         self._follow_labels_layer(self.labels_choice.value)
         self.native.destroyed.connect(self._disconnect)
         self._warm_up()
+
+    def _show_network_settings(self, _value=None) -> None:
+        """The network's settings are greyed out while the classifier learns."""
+        network = self.learn.value == "network"
+        for control in (self.learning_rate, self.batch, self.decoder_only):
+            control.enabled = network
 
     def _warm_up(self) -> None:
         """Load torch's optimizer machinery and the CPU kernels now, while the user is still
@@ -297,6 +315,7 @@ class FineTuneWidget(ScrollingDock):
             settings = replace(
                 FINE_TUNING, steps=self.steps.value, learning_rate=self.learning_rate.value,
                 batch_size=self.batch.value, decoder_only=self.decoder_only.value,
+                learn=self.learn.value,
                 # about ten validations, for a short run too
                 validate_every=max(1, min(FINE_TUNING.validate_every, self.steps.value // 10)))
         except ValueError as exc:
@@ -426,6 +445,10 @@ class FineTuneWidget(ScrollingDock):
             show_error(f"VM-UNet: {exc}")
             return
         target, axis = layer, self.slicing_axis()
+        if axis != self.tuner.axis:
+            show_error(f"VM-UNet: the model was fine-tuned on slices along axis "
+                       f"{self.tuner.axis}; set the slicing axis back to apply it")
+            return
         done = []
 
         def on_event(event):
@@ -447,6 +470,7 @@ class FineTuneWidget(ScrollingDock):
         self.status.value = "applying the fine-tuned model to the uncorrected slices…"
         self.workers.start(
             segmenter.run, np.asarray(image_layer.data), axis=axis, uncertainty=True,
+            prior=self.tuner.shape_prior(),
             rgb=bool(getattr(image_layer, "rgb", False)),
             spacing=layer_spacing_mm(image_layer), on_event=on_event, on_finished=on_finished,
             on_error=lambda exc: show_error(f"VM-UNet: could not apply: {exc}"))

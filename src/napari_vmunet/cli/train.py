@@ -11,7 +11,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ..engine.training.settings import DATA_SET_TRAINING, FINE_TUNING
+from ..engine.training.settings import DATA_SET_TRAINING, FINE_TUNING, LEARN
 from ..model.config import PRESETS
 from ..recipes import RECIPES
 
@@ -63,7 +63,8 @@ def finetune(args: argparse.Namespace) -> int:
     slices = [int(s) for s in args.slices.split(",")] if args.slices else None
     tuner = FineTuner(model, image.data, labels.data.astype(int, copy=False), slices=slices,
                       axis=axis, recipe=chosen_recipe(model, args.recipe),
-                      settings=replace(_settings(args, FINE_TUNING), held_out=args.held_out),
+                      settings=replace(_settings(args, FINE_TUNING), held_out=args.held_out,
+                                       learn=args.learn),
                       device=args.device,
                       extend_classes=args.extend_classes, spacing=image.geometry.spacing_mm())
     print(f"fine-tuning on {len(tuner.slices)} slice(s) along axis {tuner.axis}: "
@@ -114,7 +115,8 @@ def _apply(model, tuner, image, labels, path: Path | None, args) -> None:
     done = with_progress(segmenter.run(image.data, axis=tuner.axis,
                                        channel_axis=image.geometry.channel_axis,
                                        spacing=image.geometry.spacing_mm(),
-                                       uncertainty=bool(args.suggest)),
+                                       uncertainty=bool(args.suggest),
+                                       prior=tuner.shape_prior()),
                          "applying" if path else "suggesting", show=not args.quiet)
     merged, removed = applied_labels(done.labels, labels.data, tuner.slices, tuner.axis,
                                      only_connected=not args.keep_unconnected)
@@ -279,6 +281,11 @@ def add_parsers(commands) -> None:
     ft.add_argument("--slices", help="corrected slice indices, e.g. 10,11,12 (default: every "
                     "slice holding a label)")
     ft.add_argument("--axis", type=int, help="slicing axis (default: the axial one)")
+    ft.add_argument("--learn", choices=LEARN, default=FINE_TUNING.learn,
+                    help="what learns: 'classifier', a pixel classifier on the model's "
+                    "features and your corrected slices' shapes (seconds, also on a CPU; "
+                    "--lr and --batch-size are the network's and do not apply), or "
+                    f"'network', the model itself (see --decoder-only) ({FINE_TUNING.learn})")
     ft.add_argument("--held-out", type=float, default=FINE_TUNING.held_out, metavar="SHARE",
                     help="the share of the corrected slices kept out of training to validate "
                     f"on ({FINE_TUNING.held_out:g}: all train the model, which generalises "

@@ -70,6 +70,11 @@ class Segmenter:
         self.num_classes = model.config.num_classes
         # batches of a shape seen before replay as one CUDA graph (no-op on the CPU)
         self._forward = GraphedForward(self.model.forward_logits, bf16=self.bf16)
+        priors = model.config.head_priors
+        # with a shape prior, it travels as the last channels of the batch (one input tensor)
+        self._guided = GraphedForward(
+            lambda x: self.model.forward_logits(x[:, :-priors], x[:, -priors:]),
+            bf16=self.bf16) if priors else None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -91,6 +96,7 @@ class Segmenter:
         labels_out: np.ndarray | None = None,
         spacing: Sequence[float] | None = None,
         uncertainty: bool = False,
+        prior=None,
     ) -> Iterator:
         """Yield events while segmenting ``image``.
 
@@ -103,6 +109,8 @@ class Segmenter:
             instead of a new one; it must have the image's spatial shape.
         uncertainty: also measure how unsure the model is of each slice (see
             :func:`uncertain_voxels`), for suggesting which slice to correct next.
+        prior: the corrected slices' shapes along ``axis``
+            (:class:`~.shape_prior.ShapePrior`), for a model whose pixel head reads one.
         """
         start_time = time.perf_counter()
         image = np.asanyarray(image)
@@ -137,6 +145,8 @@ class Segmenter:
         else:
             labels = np.zeros(spatial_shape, dtype=dtype)
         labels_view = _labels_view(labels, layout)
+        if prior is not None:
+            _check_prior(prior, self.model.config.head_priors, (h, w), layout)
         probs = probs_view = None
         if probabilities:
             extra = () if self.num_classes == 1 else (self.num_classes,)
@@ -162,9 +172,10 @@ class Segmenter:
         while start < n:
             stop = min(start + batch, n)
             chunk = _as_torch_friendly(slices_view[start:stop])
+            guide = None if prior is None else prior.stack(range(start, stop))
             try:
                 lab, prob, bad, doubt = self._predict(chunk, mapping, resize, (h, w),
-                                                      probabilities, uncertainty)
+                                                      probabilities, uncertainty, guide)
             except torch.OutOfMemoryError:
                 batch, message = halved_batch(batch, self.device, f"one {h}x{w} slice")
                 notes.append(message)
@@ -197,9 +208,10 @@ class Segmenter:
 
     def _predict(self, chunk: np.ndarray, mapping: IntensityMap, resize: Resize,
                  shape: tuple[int, int], want_probabilities: bool,
-                 want_uncertainty: bool = False):
+                 want_uncertainty: bool = False, guide: np.ndarray | None = None):
         """(n, h, w, c) raw values -> uint8 labels (n, h, w), probabilities or None, the
-        number of NaN/Inf values replaced, and each slice's uncertain voxels or None."""
+        number of NaN/Inf values replaced, and each slice's uncertain voxels or None.
+        ``guide``: the shape prior of these slices, (n, priors, h, w) in mm."""
         with torch.inference_mode():
             # The raw dtype travels (int16 CT is half the bytes of float32); converted there.
             x = torch.from_numpy(chunk).to(self.device, non_blocking=True).float()
@@ -211,7 +223,11 @@ class Segmenter:
                     x = torch.where(finite, x, torch.tensor(mapping.low, device=x.device))
             x = self._channels(x.permute(0, 3, 1, 2))
             x = resize.to_model(normalise(x, mapping, self.recipe))
-            logits = self._forward(x).float()
+            if guide is None:
+                logits = self._forward(x).float()
+            else:
+                guide = resize.to_model(torch.from_numpy(guide).to(self.device))
+                logits = self._guided(torch.cat([x, guide], 1)).float()
 
             def probabilities(maps):
                 return torch.sigmoid(maps) if self.num_classes == 1 else torch.softmax(maps, 1)
@@ -253,6 +269,17 @@ class Segmenter:
 
 _TORCH_DTYPES = {np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32, np.int64,
                                        np.float16, np.float32, np.float64)}
+
+
+def _check_prior(prior, priors: int, slice_shape: tuple[int, int], layout: _Layout) -> None:
+    if not priors:
+        raise ValueError("this model does not read a shape prior (it has no pixel head that "
+                         "takes one); segment without it")
+    if layout.slice_axis is None:
+        raise ValueError("a shape prior needs a volume cut into slices, not a 2D image")
+    if tuple(prior.shape) != (priors, *slice_shape):
+        raise ValueError(f"the shape prior gives {tuple(prior.shape)} per slice, the model "
+                         f"needs {(priors, *slice_shape)}")
 
 
 def _as_torch_friendly(chunk: np.ndarray) -> np.ndarray:

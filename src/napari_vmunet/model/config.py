@@ -32,6 +32,10 @@ class VMUNetConfig:
     d_state: int = 16
     drop_path_rate: float = 0.2
     image_size: int | None = field(default=None, compare=False)
+    # A pixel classifier on the network's features replaces the output layer (model/pixel_head):
+    # its hidden width (0: none, the network's own output) and its shape-prior channels.
+    head_hidden: int = 0
+    head_priors: int = 0
 
     def __post_init__(self):
         # Accept lists (JSON, the authors' configs) but store tuples so configs are hashable.
@@ -50,6 +54,9 @@ class VMUNetConfig:
             raise ValueError(f"dims must be multiples of 4 and non-decreasing, got {self.dims}")
         if min(self.depths) < 1 or min(self.depths_decoder) < 1:
             raise ValueError("every stage needs at least one block")
+        if self.head_hidden < 0 or self.head_priors < 0 or (self.head_priors
+                                                            and not self.head_hidden):
+            raise ValueError("a pixel head needs a positive width, and priors only with it")
 
     @property
     def dims_decoder(self) -> tuple[int, ...]:
@@ -64,6 +71,8 @@ class VMUNetConfig:
         d = asdict(self)
         for name in ("dims", "depths", "depths_decoder"):
             d[name] = list(d[name])
+        if not self.head_hidden:  # files without a head stay readable by earlier versions
+            del d["head_hidden"], d["head_priors"]
         return d
 
     @classmethod

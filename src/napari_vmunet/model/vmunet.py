@@ -26,6 +26,7 @@ from ..ops.scan import resolve_backend, selective_scan_2d
 from ..ops.scan.composed import N_DIRECTIONS
 from .config import EXPAND, PATCH_SIZE, VMUNetConfig, dt_rank
 from .info import ModelInfo
+from .pixel_head import PixelHead
 
 
 class DropPath(nn.Module):
@@ -321,16 +322,45 @@ class VMUNet(nn.Module):
         self.config = config or VMUNetConfig()
         self.info = ModelInfo()  # what its checkpoint said (recipe, classes, ...), when loaded
         self.vmunet = VSSM(self.config)
+        self.pixel_head: PixelHead | None = None
+        if self.config.head_hidden:
+            self.attach_pixel_head(self.config.head_hidden, self.config.head_priors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.forward_logits(x)
         return torch.sigmoid(logits) if self.config.num_classes == 1 else logits
 
-    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_logits(self, x: torch.Tensor, prior: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, classes, H, W). ``prior``: the corrected slices' shape carried to these
+        slices (B, priors, H, W), for a model with a pixel head that takes one."""
         self.check_input(x)
+        image = x
         if x.shape[1] == 1 and self.config.in_chans != 1:
             x = x.expand(-1, self.config.in_chans, -1, -1)
-        return self.vmunet(x)
+        if self.pixel_head is None:
+            return self.vmunet(x)
+        return self.pixel_head(image, *self.head_inputs(x), prior)
+
+    def head_inputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """What a pixel head reads: the encoder's first two stage inputs and the decoder's
+        output, channels last (``x`` with the model's channels)."""
+        v = self.vmunet
+        bottom, skips = v.forward_features(x)
+        return skips[:2], v.forward_features_up(bottom, skips)
+
+    def attach_pixel_head(self, hidden: int = 32, priors: int = 1) -> PixelHead:
+        """A new, untrained pixel head in place of the network's output layer (any earlier
+        head is replaced); detach with :meth:`detach_pixel_head`."""
+        device = self.vmunet.final_conv.weight.device
+        self.pixel_head = PixelHead(self.config.dims, self.config.num_classes, hidden,
+                                    priors).to(device)
+        self.config = replace(self.config, head_hidden=hidden, head_priors=priors)
+        return self.pixel_head
+
+    def detach_pixel_head(self) -> None:
+        """Back to the network's own output layer."""
+        self.pixel_head = None
+        self.config = replace(self.config, head_hidden=0, head_priors=0)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ``ValueError`` with what to do when ``x`` cannot go through the network."""

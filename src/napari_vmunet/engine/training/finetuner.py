@@ -12,11 +12,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 
 import numpy as np
+import torch
 
 from ...recipes import Recipe, recipe_for
 from ..device import resolve_device
 from ..events import Notice
 from ..preprocess import in_plane_spacing
+from ..shape_prior import ShapePrior
+from .classifier import ClassifierTrainer
 from .data import prepare_slices, split_slices
 from .settings import TrainingSettings
 from .trainer import Trainer
@@ -49,6 +52,7 @@ class FineTuner:
         self.recipe = recipe
         self.slices, self.axis = _check_inputs(image, labels, slices, axis)
         self._image, self._labels = image, labels  # references; slices are copied in run()
+        self._spacing = None if spacing is None else tuple(float(v) for v in spacing)
         self._pixel_spacing = in_plane_spacing(spacing, self.axis, labels.ndim)
         classes_needed = int(labels.max()) + 1 if labels.size else 1
         allowed = max(2, model.config.num_classes)
@@ -80,11 +84,61 @@ class FineTuner:
         position = {s: i for i, s in enumerate(self.slices)}
         train = data.subset([position[s] for s in train_idx])
         validation = data.subset([position[s] for s in val_idx])
-        self.trainer = Trainer(self.model, train, validation, self.settings, self.device,
-                               value_range=self.recipe.value_range)
+        if self.settings.learn == "classifier":
+            self.trainer = self._classifier_trainer(data, position, train_idx, val_idx)
+        else:
+            self.model.detach_pixel_head()  # the network learns; its own output layer serves
+            self.trainer = Trainer(self.model, train, validation, self.settings, self.device,
+                                   value_range=self.recipe.value_range)
         for note in self.notes:
             yield Notice(note)
         yield from self.trainer.run()
+
+    def _classifier_trainer(self, data, position, train_idx, val_idx) -> ClassifierTrainer:
+        """A new pixel head, trained on the model grid with the shape prior that the
+        training slices give each slice (the others', for a training slice)."""
+        classes = self.foreground_classes()
+        self.model.attach_pixel_head(priors=len(classes) if self.axis is not None else 0)
+        if self.axis is None:
+            return ClassifierTrainer(self.model, data, data, None, None, self.settings,
+                                     self.device)
+        rows, cols = np.moveaxis(self._labels, self.axis, 0).shape[1:]
+        h, w = data.sizes[0]
+        pixel_mm = self._pixel_spacing or (1.0, 1.0)
+        labels = data.labels.cpu().numpy()
+        prior = ShapePrior({s: labels[position[s], :h, :w] for s in train_idx}, classes,
+                           (pixel_mm[0] * rows / h, pixel_mm[1] * cols / w), self.slice_mm)
+        size = tuple(data.images.shape[-2:])
+
+        def priors(slices):
+            p = prior.stack(slices, leave_out=True)
+            p = np.pad(p, ((0, 0), (0, 0), (0, size[0] - h), (0, size[1] - w)), mode="edge")
+            return torch.from_numpy(p).to(self.device)
+
+        return ClassifierTrainer(self.model, data.subset([position[s] for s in train_idx]),
+                                 data.subset([position[s] for s in val_idx]), priors(train_idx),
+                                 priors(val_idx), self.settings, self.device)
+
+    def foreground_classes(self) -> list[int]:
+        """The classes a shape prior is carried for: the model's foreground classes."""
+        n = self.model.config.num_classes
+        return [1] if n == 1 else list(range(1, n))
+
+    @property
+    def slice_mm(self) -> float:
+        """The distance between slices along the slicing axis, in mm (1 where unknown)."""
+        if self._spacing is None or self.axis is None:
+            return 1.0
+        return float(self._spacing[self.axis])
+
+    def shape_prior(self) -> ShapePrior | None:
+        """The corrected slices' shapes on the image's grid, for applying a model whose pixel
+        head reads a prior (:meth:`Segmenter.run`'s ``prior``); None otherwise."""
+        if self.axis is None or not self.model.config.head_priors:
+            return None
+        moved = np.moveaxis(self._labels, self.axis, 0)
+        return ShapePrior({s: moved[s] for s in self.slices}, self.foreground_classes(),
+                          self._pixel_spacing or (1.0, 1.0), self.slice_mm)
 
     def restore_best(self) -> None:
         if self.trainer is not None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+LEARN = ("classifier", "network")
+
 
 @dataclass(frozen=True)
 class TrainingSettings:
@@ -25,6 +27,12 @@ class TrainingSettings:
     # on all three corrected slices generalised best and repeatably (seeds within 0.02 Dice);
     # the whole model, or a slice held out of three, left runs that collapsed to 0 on a seed.
     decoder_only: bool = True
+    # What learns when fine-tuning: "classifier", a pixel head on the frozen network's
+    # features and the corrected slices' shape (seconds, on a CPU too), or "network" (the
+    # decoder, or the whole model without decoder_only). Measured with three corrected slices
+    # on six real volumes, the classifier generalised better on five, equal on the sixth
+    # (benchmarks/RESULTS.md, 2026-12-03, "a pixel classifier instead of training the network").
+    learn: str = "classifier"
     held_out: float = 0.0  # the share of corrected slices kept for validation (0: none)
     augment: bool = True
     zoom: float = 0.1  # augmentation: scale by up to +-10 %
@@ -37,6 +45,8 @@ class TrainingSettings:
             raise ValueError("steps, batch size and validation interval must be at least 1")
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"learning rate must be in (0, 1), got {self.learning_rate}")
+        if self.learn not in LEARN:
+            raise ValueError(f"learn must be one of {', '.join(LEARN)}, got {self.learn!r}")
         if not 0 <= self.held_out < 1:
             raise ValueError(f"the held-out share must be in [0, 1), got {self.held_out}")
 
@@ -45,4 +55,5 @@ FINE_TUNING = TrainingSettings()
 # Many volumes, every slice: longer, a higher rate, bigger batches, and augmentation wide
 # enough for other voxel sizes and scanners.
 DATA_SET_TRAINING = replace(FINE_TUNING, steps=2000, learning_rate=1e-3, batch_size=16,
-                            zoom=0.25, gamma=0.4, decoder_only=False, held_out=0.1)
+                            zoom=0.25, gamma=0.4, decoder_only=False, held_out=0.1,
+                            learn="network")

@@ -1,0 +1,172 @@
+"""Training a pixel head (:mod:`...model.pixel_head`) on a few corrected slices: seconds, on a
+CPU too, since the network itself does not learn.
+
+The network runs once over the corrected slices; its features there, the intensity filters and
+the shape prior are sampled into a table of pixels (every class balanced, weighted back to its
+share so that the probabilities stay honest), and the head's MLP is fitted on that table. The
+prior each corrected slice trains with is the one the *other* corrected slices give it
+(:class:`..shape_prior.ShapePrior` with ``leave_out``): what the head will see on the slices
+the user did not paint. In some steps the prior is hidden, so that the saved model also works
+on a volume without corrections. Events are the network trainer's (:mod:`..events`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..events import TrainingDone, TrainingStarted, TrainingStep, ValidationResult
+from .data import SliceSet
+from .losses import dice_per_class
+from .settings import TrainingSettings
+from .trainer import cpu_copy
+
+LEARNING_RATE = 3e-3  # the head's own: a small MLP on normalised inputs, AdamW
+PIXELS_PER_CLASS = 2048  # per step
+MAX_PIXELS_PER_CLASS = 20000  # per slice kept in the table
+PRIOR_HIDDEN = 0.25  # the share of steps' pixels that train without the prior
+
+
+class ClassifierTrainer:
+    """Fits ``model.pixel_head`` on ``train`` (with ``train_priors``, (n, priors, H, W) in mm
+    on the model grid, or None) and reports Dice on ``validation`` (with its priors)."""
+
+    def __init__(self, model, train: SliceSet, validation: SliceSet,
+                 train_priors: torch.Tensor | None, validation_priors: torch.Tensor | None,
+                 settings: TrainingSettings, device: torch.device):
+        if model.pixel_head is None:
+            raise ValueError("the model has no pixel head to train (attach_pixel_head)")
+        self.model, self.head = model, model.pixel_head
+        self.train, self.validation = train, validation
+        self.train_priors, self.validation_priors = train_priors, validation_priors
+        self.settings, self.device = settings, device
+        self.num_classes = model.config.num_classes
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.step, self.best_dice, self.best_step = 0, -1.0, 0
+        self.history: list[dict] = []
+        self._validation_inputs = None
+        self.best_state: dict | None = None
+
+    def run(self) -> Iterator:
+        s = self.settings
+        start = time.perf_counter()
+        yield TrainingStarted(len(self.train), len(self.validation), s.steps,
+                              PIXELS_PER_CLASS, str(self.device))
+        torch.manual_seed(s.seed)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        head = self.head
+        with torch.no_grad():
+            table, labels = self._pixel_table()
+            head.mean.copy_(table.mean(0))
+            head.std.copy_(table.std(0).clamp_min(1e-6))
+        for p in head.parameters():
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(head.parameters(), lr=LEARNING_RATE,
+                                      weight_decay=s.weight_decay)
+        classes = torch.unique(labels)
+        members = [torch.nonzero(labels == c)[:, 0] for c in classes]
+        share = torch.tensor([len(m) / len(labels) for m in members])
+        priors = head.priors
+        head.train()
+        while self.step < s.steps:
+            rate = LEARNING_RATE * 0.5 * (1 + np.cos(np.pi * self.step / s.steps))
+            for group in optimizer.param_groups:
+                group["lr"] = rate
+            index = torch.cat([m[torch.randint(len(m), (PIXELS_PER_CLASS,),
+                                               generator=self.generator)] for m in members])
+            weight = share.repeat_interleave(PIXELS_PER_CLASS) * len(members)
+            z = table[index]
+            if priors:
+                hidden = torch.rand(len(z), generator=self.generator) < PRIOR_HIDDEN
+                z[hidden, -priors:] = 0.0  # no evidence either way: what no prior reads as
+            logits = head.classify(z.to(self.device))
+            target = labels[index].to(self.device)
+            weight = weight.to(self.device)
+            if self.num_classes == 1:
+                loss = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(),
+                                                          weight=weight)
+            else:
+                loss = (F.cross_entropy(logits, target, reduction="none") * weight).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            self.step += 1
+            elapsed = time.perf_counter() - start
+            value = float(loss.detach())
+            self.history.append({"step": self.step, "loss": value, "lr": rate})
+            yield TrainingStep(self.step, value, rate, self.step * len(index) / elapsed,
+                               elapsed / self.step * (s.steps - self.step))
+            if self.step % s.validate_every == 0 or self.step == s.steps:
+                yield self.validate()
+        head.eval()
+        for p in head.parameters():
+            p.requires_grad_(False)
+        yield TrainingDone(self.best_dice, self.best_step, self.step,
+                           time.perf_counter() - start, "finished", self.history)
+
+    def restore_best(self) -> None:
+        """Back to the weights of the last validation (stopped between two, the steps after
+        it are dropped). The head trains for a fixed budget and keeps its last weights, not the
+        best on the slices it was fitted on, which says little about the others."""
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+
+    @torch.no_grad()
+    def _pixel_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every class's pixels of the training slices (up to MAX_PIXELS_PER_CLASS per slice,
+        drawn at random) as rows of features, on the CPU; and their labels."""
+        rows, labels = [], []
+        for i in range(len(self.train)):
+            h, w = self.train.sizes[i]
+            features = self._features(self.train, self.train_priors, i)[0, :, :h, :w]
+            y = self.train.labels[i, :h, :w].flatten().cpu()
+            features = features.flatten(1).T.cpu()
+            for c in torch.unique(y):
+                where = torch.nonzero(y == c)[:, 0]
+                if len(where) > MAX_PIXELS_PER_CLASS:
+                    keep = torch.randperm(len(where), generator=self.generator)
+                    where = where[keep[:MAX_PIXELS_PER_CLASS]]
+                rows.append(features[where])
+                labels.append(y[where])
+        return torch.cat(rows).float(), torch.cat(labels)
+
+    def _features(self, data: SliceSet, priors, i: int) -> torch.Tensor:
+        x = data.images[i : i + 1]
+        skips, decoded = self.model.head_inputs(self._model_channels(x))
+        prior = None if priors is None else priors[i : i + 1]
+        return self.head.features(x, skips, decoded, prior)
+
+    def _model_channels(self, x: torch.Tensor) -> torch.Tensor:
+        in_chans = self.model.config.in_chans
+        return x.expand(-1, in_chans, -1, -1) if x.shape[1] == 1 and in_chans != 1 else x
+
+    @torch.no_grad()
+    def validate(self) -> ValidationResult:
+        if self._validation_inputs is None:  # the network's part is the same every time
+            self._validation_inputs = [
+                (self.validation.images[i : i + 1],
+                 *self.model.head_inputs(self._model_channels(self.validation.images[i : i + 1])),
+                 None if self.validation_priors is None else self.validation_priors[i : i + 1])
+                for i in range(len(self.validation))]
+        self.head.eval()
+        predicted, truth = [], []
+        for i, inputs in enumerate(self._validation_inputs):
+            logits = self.head(*inputs).float()
+            pred = (logits[:, 0] >= 0).long() if self.num_classes == 1 else logits.argmax(1)
+            h, w = self.validation.sizes[i]
+            predicted.append(pred[0, :h, :w].flatten())
+            truth.append(self.validation.labels[i, :h, :w].flatten())
+        self.head.train()
+        dice = dice_per_class(torch.cat(predicted), torch.cat(truth), self.num_classes)
+        mean = float(np.mean(dice))
+        improved = mean > self.best_dice
+        # what is kept is the latest validated weights, and "best" reports them
+        self.best_dice, self.best_step = mean, self.step
+        self.best_state = cpu_copy(self.model.state_dict())
+        self.history.append({"step": self.step, "dice": dice, "mean_dice": mean})
+        return ValidationResult(self.step, dice, mean, self.best_dice, improved)
