@@ -139,3 +139,23 @@ def test_the_segmenter_checks_the_prior(ct, tiny_model):
     wrong = ShapePrior({7: tumour[7, :10]}, [1])
     with pytest.raises(ValueError, match="shape prior gives"):
         Segmenter(model, tuner.recipe, device="cpu").segment(image.data, axis=0, prior=wrong)
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_classifier_teaches_as_on_the_cpu_and_replays_as_a_graph(ct):
+    """Fine-tune and apply on the GPU (bf16, the guided forward captured as a CUDA graph from
+    its second batch of a shape): the labels agree with the CPU's."""
+    image, tumour = ct
+    results = {}
+    for device in ("cpu", "cuda"):
+        model = load_checkpoint(default_checkpoint())
+        tuner = FineTuner(model, image.data, tumour, CORRECTED, 0, RECIPES["ct"],
+                          TrainingSettings(), device=device, spacing=image.geometry.spacing_mm())
+        list(tuner.run())
+        segmenter = Segmenter(model, tuner.recipe, device=device, batch_size=4)
+        runs = [segmenter.segment(image.data, axis=0, spacing=image.geometry.spacing_mm(),
+                                  prior=tuner.shape_prior()).labels for _ in range(2)]
+        assert dice(runs[0] > 0, runs[1] > 0) > 0.99  # eager, then replayed
+        results[device] = applied_labels(runs[1], tumour, CORRECTED, 0)[0]
+    assert dice(results["cuda"] > 0, results["cpu"] > 0) > 0.95
+    assert dice_elsewhere(results["cuda"], tumour) > 0.75

@@ -135,9 +135,17 @@ class ClassifierTrainer:
                 labels.append(y[where])
         return torch.cat(rows).float(), torch.cat(labels)
 
+    def _network(self, x: torch.Tensor):
+        """The network's part of the head's inputs, in the precision the Segmenter will use
+        (bf16 autocast on CUDA): the head learns the features it will be given."""
+        bf16 = self.settings.bf16 and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            skips, decoded = self.model.head_inputs(self._model_channels(x))
+        return [t.float() for t in skips], decoded.float()
+
     def _features(self, data: SliceSet, priors, i: int) -> torch.Tensor:
         x = data.images[i : i + 1]
-        skips, decoded = self.model.head_inputs(self._model_channels(x))
+        skips, decoded = self._network(x)
         prior = None if priors is None else priors[i : i + 1]
         return self.head.features(x, skips, decoded, prior)
 
@@ -148,11 +156,10 @@ class ClassifierTrainer:
     @torch.no_grad()
     def validate(self) -> ValidationResult:
         if self._validation_inputs is None:  # the network's part is the same every time
+            images, priors = self.validation.images, self.validation_priors
             self._validation_inputs = [
-                (self.validation.images[i : i + 1],
-                 *self.model.head_inputs(self._model_channels(self.validation.images[i : i + 1])),
-                 None if self.validation_priors is None else self.validation_priors[i : i + 1])
-                for i in range(len(self.validation))]
+                (images[i : i + 1], *self._network(images[i : i + 1]),
+                 None if priors is None else priors[i : i + 1]) for i in range(len(images))]
         self.head.eval()
         predicted, truth = [], []
         for i, inputs in enumerate(self._validation_inputs):
