@@ -98,9 +98,9 @@ class FineTuneWidget(ScrollingDock):
             choices=[("a pixel classifier (seconds)", "classifier"),
                      ("the network (minutes)", "network")],
             tooltip="a pixel classifier on the model's features and your corrected slices' "
-            "shapes: seconds, also on a CPU, and on the volumes we measured the better of the "
-            "two from a few slices; or the network itself (learning rate, batch size and "
-            "decoder only apply to it)")
+            "shapes: seconds, also on a CPU, and from three slices better on four of the six "
+            "volumes we measured; or the network itself (minutes on a CPU; learning rate, "
+            "batch size and decoder only apply to it)")
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=FINE_TUNING.steps)
         self.learning_rate = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-5,
                                           value=FINE_TUNING.learning_rate)

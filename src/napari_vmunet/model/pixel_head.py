@@ -5,9 +5,9 @@ each pixel from the frozen network's own features there (the first two encoder s
 decoder's last, brought to full resolution), a bank of intensity filters (smoothed intensity,
 edges and blobs at three scales, as ilastik's pixel classifier uses), and, when the corrected
 slices of the same volume are known, their shape carried to this slice (a signed distance in
-mm, see :func:`...engine.corrections.shape_prior`). Measured on four real volumes with three
-corrected slices it generalised better than training the decoder, in a fraction of the time
-(benchmarks/RESULTS.md, 2026-12-03).
+mm, see :class:`...engine.shape_prior.ShapePrior`). Measured on six real volumes with three
+corrected slices it generalised better than training the decoder on four, as well on one and
+worse on one, in a twentieth of the time or less (benchmarks/RESULTS.md, 2026-12-03).
 
 The first layer is linear, and so are the normalisation and bilinear upsampling: each group of
 features is multiplied at its own resolution and only the hidden width is brought to full
