@@ -160,3 +160,33 @@ def test_on_cuda_the_classifier_teaches_as_on_the_cpu_and_replays_as_a_graph(ct)
     # bf16 features on the GPU, float32 on the CPU: measured 0.946 apart on the H200
     assert dice(results["cuda"] > 0, results["cpu"] > 0) > 0.9
     assert dice_elsewhere(results["cuda"], tumour) > 0.75
+
+
+def test_two_new_classes_and_a_2d_image(ct):
+    """Labels with more classes than the model (extended, softmax, one prior channel per
+    class), and a single 2D slice (no other slices: no prior)."""
+    image, tumour = ct
+    two = tumour.copy()
+    right = np.zeros_like(two, bool)
+    right[..., tumour.shape[2] // 2 + 5 :] = True
+    two[(two > 0) & right] = 2
+    model = load_checkpoint(default_checkpoint())
+    tuner = FineTuner(model, image.data, two, CORRECTED, 0, RECIPES["ct"],
+                      TrainingSettings(steps=100), device="cpu",
+                      spacing=image.geometry.spacing_mm(), extend_classes=True)
+    list(tuner.run())
+    assert model.config.num_classes == 3 and model.config.head_priors == 2
+    done = Segmenter(model, tuner.recipe, device="cpu").segment(
+        image.data, axis=0, spacing=image.geometry.spacing_mm(), prior=tuner.shape_prior())
+    merged = applied_labels(done.labels, two, CORRECTED, 0)[0]
+    others = [i for i in range(two.shape[0]) if i not in CORRECTED]
+    for c in (1, 2):
+        assert dice(merged[others] == c, two[others] == c) > 0.5, c
+
+    flat = load_checkpoint(default_checkpoint())
+    slice_tuner = FineTuner(flat, image.data[7], tumour[7], None, None, RECIPES["ct"],
+                            TrainingSettings(steps=40), device="cpu")
+    list(slice_tuner.run())
+    assert flat.config.head_priors == 0 and slice_tuner.shape_prior() is None
+    labels = Segmenter(flat, slice_tuner.recipe, device="cpu").segment(image.data[7]).labels
+    assert dice(labels > 0, tumour[7] > 0) > 0.8  # the slice it was fitted on

@@ -421,5 +421,6 @@ class VMUNet(nn.Module):
             # cross-entropy for a painted new class is strong.
             new.bias[first_new:] = min(0.0, float(old.bias.min())) - 10.0
         self.vmunet.final_conv = new
+        self.detach_pixel_head()  # its classes no longer fit; fine-tuning fits a new one
         self.config = replace(self.config, num_classes=num_classes)
         self.info = self.info.with_classes(num_classes)

@@ -29,11 +29,14 @@ class FineTuner:
     """Fine-tune ``model`` on the corrected slices of one image or volume.
 
     ``slices``: indices along ``axis`` that the user corrected (None: every slice holding a
-    label). With three or more, about a fifth (at least one) are held out for validation;
-    with fewer, training slices are also the validation slices (and a notice says so).
-    Labels beyond the model's classes are refused unless ``extend_classes`` (the head grows;
-    the existing classes keep their weights). ``spacing``: the voxel size along each axis of
-    ``labels``, for recipes that resample to a pixel size.
+    label). ``settings.held_out`` of them (none by default) are kept out of training to
+    validate on; otherwise the training slices are also the validation slices (and a notice
+    says so). ``settings.learn``: a pixel head on the frozen network learns ("classifier",
+    attached in :meth:`run`; apply it with :meth:`shape_prior`) or the network itself
+    ("network", any head detached). Labels beyond the model's classes are refused unless
+    ``extend_classes`` (the head grows; the existing classes keep their weights).
+    ``spacing``: the voxel size along each axis of ``labels``, in mm (recipes that resample
+    to a pixel size, and the shape prior, use it).
     """
 
     def __init__(self, model, image: np.ndarray, labels: np.ndarray,
@@ -85,7 +88,7 @@ class FineTuner:
         train = data.subset([position[s] for s in train_idx])
         validation = data.subset([position[s] for s in val_idx])
         if self.settings.learn == "classifier":
-            self.trainer = self._classifier_trainer(data, position, train_idx, val_idx)
+            self.trainer = self._classifier_trainer(train, validation, train_idx, val_idx)
         else:
             self.model.detach_pixel_head()  # the network learns; its own output layer serves
             self.trainer = Trainer(self.model, train, validation, self.settings, self.device,
@@ -94,29 +97,28 @@ class FineTuner:
             yield Notice(note)
         yield from self.trainer.run()
 
-    def _classifier_trainer(self, data, position, train_idx, val_idx) -> ClassifierTrainer:
+    def _classifier_trainer(self, train, validation, train_idx, val_idx) -> ClassifierTrainer:
         """A new pixel head, trained on the model grid with the shape prior that the
         training slices give each slice (the others', for a training slice)."""
         classes = self.foreground_classes()
         self.model.attach_pixel_head(priors=len(classes) if self.axis is not None else 0)
-        if self.axis is None:
-            return ClassifierTrainer(self.model, data, data, None, None, self.settings,
+        if self.axis is None:  # a 2D image: no other slices to carry a shape to
+            return ClassifierTrainer(self.model, train, validation, None, None, self.settings,
                                      self.device)
         rows, cols = np.moveaxis(self._labels, self.axis, 0).shape[1:]
-        h, w = data.sizes[0]
+        h, w = train.sizes[0]
         pixel_mm = self._pixel_spacing or (1.0, 1.0)
-        labels = data.labels.cpu().numpy()
-        prior = ShapePrior({s: labels[position[s], :h, :w] for s in train_idx}, classes,
+        labels = train.labels.cpu().numpy()
+        prior = ShapePrior({s: labels[i, :h, :w] for i, s in enumerate(train_idx)}, classes,
                            (pixel_mm[0] * rows / h, pixel_mm[1] * cols / w), self.slice_mm)
-        size = tuple(data.images.shape[-2:])
+        size = tuple(train.images.shape[-2:])
 
         def priors(slices):
             p = prior.stack(slices, leave_out=True)
             p = np.pad(p, ((0, 0), (0, 0), (0, size[0] - h), (0, size[1] - w)), mode="edge")
             return torch.from_numpy(p).to(self.device)
 
-        return ClassifierTrainer(self.model, data.subset([position[s] for s in train_idx]),
-                                 data.subset([position[s] for s in val_idx]), priors(train_idx),
+        return ClassifierTrainer(self.model, train, validation, priors(train_idx),
                                  priors(val_idx), self.settings, self.device)
 
     def foreground_classes(self) -> list[int]:
