@@ -26,6 +26,12 @@ def test_info_describes_a_checkpoint(tmp_path, tiny_model, capsys):
     assert "dims [8, 16, 32, 64]" in out
     assert f"recipe        isic: {RECIPES['isic'].description}" in out
     assert f"sha256        {file_sha256(path)}" in out
+    assert "pixel classifier" not in out
+    tiny_model.attach_pixel_head(hidden=8, priors=1)  # as fine-tuning leaves it
+    headed = save_checkpoint(tiny_model, tmp_path / "headed.safetensors", recipe=RECIPES["isic"])
+    assert cli.main(["info", str(headed)]) == 0
+    assert ("output        a pixel classifier on the network's features (8 hidden, 1 "
+            "shape-prior channel(s))") in capsys.readouterr().out
 
 
 def test_info_on_a_bad_file_is_one_clear_error(tmp_path, capsys):

@@ -99,6 +99,10 @@ def checkpoint_report(path: str | Path) -> list[str]:
         f"architecture  dims {list(cfg.dims)}, depths {list(cfg.depths)}, decoder depths "
         f"{list(cfg.depths_decoder)}, d_state {cfg.d_state}",
     ]
+    if cfg.head_hidden:
+        lines.append(f"output        a pixel classifier on the network's features "
+                     f"({cfg.head_hidden} hidden, {cfg.head_priors} shape-prior channel(s)), "
+                     "fitted by fine-tuning")
     if info.recipe is not None:
         lines.append(f"recipe        {info.recipe.name}: {info.recipe.description}")
     else:
