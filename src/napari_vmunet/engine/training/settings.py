@@ -31,7 +31,7 @@ class TrainingSettings:
     # features and the corrected slices' shape (seconds, on a CPU too), or "network" (the
     # decoder, or the whole model without decoder_only). Measured with three corrected slices
     # on six real volumes, the classifier generalised better on four (+0.08 to +0.11 Dice),
-    # as well on one and 0.05 worse on the CT sample, 20-40x faster on a CPU
+    # as well on one and 0.05 worse on the CT sample, 20-30x faster on a CPU
     # (benchmarks/RESULTS.md, 2026-12-03, "a pixel classifier instead of training the network").
     learn: str = "classifier"
     held_out: float = 0.0  # the share of corrected slices kept for validation (0: none)
