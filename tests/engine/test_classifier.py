@@ -190,3 +190,20 @@ def test_two_new_classes_and_a_2d_image(ct):
     assert flat.config.head_priors == 0 and slice_tuner.shape_prior() is None
     labels = Segmenter(flat, slice_tuner.recipe, device="cpu").segment(image.data[7]).labels
     assert dice(labels > 0, tumour[7] > 0) > 0.8  # the slice it was fitted on
+
+
+def test_the_folded_head_computes_what_it_was_trained_on(tiny_model):
+    """forward() folds the normalisation into the first layer and multiplies each feature map
+    at its own resolution; training reads features() through classify(): the same logits."""
+    torch.manual_seed(0)
+    head = tiny_model.attach_pixel_head(hidden=8, priors=2)
+    with torch.no_grad():
+        head.mean.normal_()
+        head.std.uniform_(0.5, 2.0)
+    x, prior = torch.rand(2, 1, 64, 96), 20 * torch.randn(2, 2, 64, 96)
+    with torch.no_grad():
+        skips, decoded = tiny_model.head_inputs(x.expand(-1, 3, -1, -1))
+        trained_on = head.classify(head.features(x, skips, decoded, prior).permute(0, 2, 3, 1))
+        assert torch.allclose(head(x, skips, decoded, prior),
+                              trained_on.permute(0, 3, 1, 2), atol=1e-4)
+        assert torch.equal(tiny_model.forward_logits(x, prior), head(x, skips, decoded, prior))

@@ -65,12 +65,8 @@ class PixelHead(nn.Module):
         self.hidden = nn.Sequential(nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
                                     nn.Linear(hidden, num_classes))
 
-    @property
-    def inputs(self) -> int:
-        return self.mean.numel()
-
     def features(self, x, skips, decoded, prior=None) -> torch.Tensor:
-        """Every input at full resolution, (B, inputs, H, W), unnormalised: for training,
+        """Every input at full resolution, (B, n, H, W), unnormalised: for training,
         where the same pixels are seen many times."""
         size = x.shape[-2:]
         parts = [_full(skips[0], size), _full(skips[1], size), _full(decoded, size),
@@ -78,7 +74,7 @@ class PixelHead(nn.Module):
         return torch.cat(parts, 1)
 
     def classify(self, z: torch.Tensor) -> torch.Tensor:
-        """(..., inputs) unnormalised features -> (..., classes) logits."""
+        """(..., n) unnormalised features -> (..., classes) logits."""
         return self.hidden(self.first((z - self.mean) / self.std))
 
     def forward(self, x, skips, decoded, prior=None) -> torch.Tensor:
