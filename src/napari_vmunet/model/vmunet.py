@@ -334,18 +334,21 @@ class VMUNet(nn.Module):
         """Logits (B, classes, H, W). ``prior``: the corrected slices' shape carried to these
         slices (B, priors, H, W), for a model with a pixel head that takes one."""
         self.check_input(x)
-        image = x
-        if x.shape[1] == 1 and self.config.in_chans != 1:
-            x = x.expand(-1, self.config.in_chans, -1, -1)
         if self.pixel_head is None:
-            return self.vmunet(x)
-        return self.pixel_head(image, *self.head_inputs(x), prior)
+            return self.vmunet(self._model_channels(x))
+        return self.pixel_head(x, *self.head_inputs(x), prior)
+
+    def _model_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """A 1-channel batch tiled to the model's channels, as the authors' code does."""
+        if x.shape[1] == 1 and self.config.in_chans != 1:
+            return x.expand(-1, self.config.in_chans, -1, -1)
+        return x
 
     def head_inputs(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """What a pixel head reads: the encoder's first two stage inputs and the decoder's
-        output, channels last (``x`` with the model's channels)."""
+        """What a pixel head reads of image batch ``x``: the encoder's first two stage inputs
+        and the decoder's output, channels last."""
         v = self.vmunet
-        bottom, skips = v.forward_features(x)
+        bottom, skips = v.forward_features(self._model_channels(x))
         return skips[:2], v.forward_features_up(bottom, skips)
 
     def attach_pixel_head(self, hidden: int = 32, priors: int = 1) -> PixelHead:

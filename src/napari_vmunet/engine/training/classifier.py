@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..events import TrainingDone, TrainingStarted, TrainingStep, ValidationResult
 from .data import SliceSet
-from .losses import dice_per_class
+from .losses import dice_per_class, predicted_labels
 from .settings import TrainingSettings
 from .trainer import cpu_copy
 
@@ -74,6 +74,8 @@ class ClassifierTrainer:
         classes = torch.unique(labels)
         members = [torch.nonzero(labels == c)[:, 0] for c in classes]
         share = torch.tensor([len(m) / len(labels) for m in members])
+        # each class's pixels of a step weigh its share of the table (constant over the steps)
+        weight = (share.repeat_interleave(PIXELS_PER_CLASS) * len(members)).to(self.device)
         priors = head.priors
         head.train()
         while self.step < s.steps:
@@ -82,14 +84,12 @@ class ClassifierTrainer:
                 group["lr"] = rate
             index = torch.cat([m[torch.randint(len(m), (PIXELS_PER_CLASS,),
                                                generator=self.generator)] for m in members])
-            weight = share.repeat_interleave(PIXELS_PER_CLASS) * len(members)
             z = table[index]
             if priors:
                 hidden = torch.rand(len(z), generator=self.generator) < PRIOR_HIDDEN
                 z[hidden, -priors:] = 0.0  # no evidence either way: what no prior reads as
             logits = head.classify(z.to(self.device))
             target = labels[index].to(self.device)
-            weight = weight.to(self.device)
             if self.num_classes == 1:
                 loss = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(),
                                                           weight=weight)
@@ -143,7 +143,7 @@ class ClassifierTrainer:
         (bf16 autocast on CUDA): the head learns the features it will be given."""
         bf16 = self.settings.bf16 and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            skips, decoded = self.model.head_inputs(self._model_channels(x))
+            skips, decoded = self.model.head_inputs(x)
         return [t.float() for t in skips], decoded.float()
 
     def _features(self, data: SliceSet, priors, i: int) -> torch.Tensor:
@@ -151,10 +151,6 @@ class ClassifierTrainer:
         skips, decoded = self._network(x)
         prior = None if priors is None else priors[i : i + 1]
         return self.head.features(x, skips, decoded, prior)
-
-    def _model_channels(self, x: torch.Tensor) -> torch.Tensor:
-        in_chans = self.model.config.in_chans
-        return x.expand(-1, in_chans, -1, -1) if x.shape[1] == 1 and in_chans != 1 else x
 
     @torch.no_grad()
     def validate(self) -> ValidationResult:
@@ -166,8 +162,7 @@ class ClassifierTrainer:
         self.head.eval()
         predicted, truth = [], []
         for i, inputs in enumerate(self._validation_inputs):
-            logits = self.head(*inputs).float()
-            pred = (logits[:, 0] >= 0).long() if self.num_classes == 1 else logits.argmax(1)
+            pred = predicted_labels(self.head(*inputs).float(), self.num_classes)
             h, w = self.validation.sizes[i]
             predicted.append(pred[0, :h, :w].flatten())
             truth.append(self.validation.labels[i, :h, :w].flatten())

@@ -24,6 +24,12 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return ce + (1 - dice.mean())
 
 
+def predicted_labels(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, classes, H, W) logits -> (B, H, W) labels: above even odds for one class (a
+    logit of 0), the most likely class otherwise."""
+    return (logits[:, 0] >= 0).long() if num_classes == 1 else logits.argmax(1)
+
+
 def dice_per_class(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float]:
     """Dice of each foreground class over all given voxels pooled (1.0 when a class is absent
     from both)."""

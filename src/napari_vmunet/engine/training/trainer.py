@@ -19,7 +19,7 @@ from ..cuda_graphs import GraphedStep
 from ..events import Notice, TrainingDone, TrainingStarted, TrainingStep, ValidationResult
 from ..memory import halved_batch
 from .data import SliceSet
-from .losses import dice_per_class, segmentation_loss
+from .losses import dice_per_class, predicted_labels, segmentation_loss
 from .settings import TrainingSettings
 
 
@@ -204,7 +204,7 @@ class Trainer:
             x = self.validation.images[start:start + 8]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
                 logits = self.model.forward_logits(x).float()
-            pred = (logits[:, 0] >= 0).long() if self.num_classes == 1 else logits.argmax(1)
+            pred = predicted_labels(logits, self.num_classes)
             for i, (h, w) in enumerate(self.validation.sizes[start:start + 8]):
                 predicted.append(pred[i, :h, :w].flatten())
                 truth.append(self.validation.labels[start + i, :h, :w].flatten())
