@@ -95,8 +95,8 @@ class FineTuneWidget(ScrollingDock):
         self.recipe_choice, self.window = recipe_controls()
         self.learn = ComboBox(
             label="what learns", value=FINE_TUNING.learn,
-            choices=[("a pixel classifier (seconds)", "classifier"),
-                     ("the network (minutes)", "network")],
+            # short: the dock is narrow, and the tooltip says the rest
+            choices=[("classifier (fast)", "classifier"), ("network (slow)", "network")],
             tooltip="a pixel classifier on the model's features and your corrected slices' "
             "shapes: seconds, also on a CPU, and from three slices better on four of the six "
             "volumes we measured; or the network itself (minutes on a CPU; learning rate, "
