@@ -106,7 +106,7 @@ def usefulness(args, device):
     )
     from napari_vmunet.engine.events import TrainingDone
     from napari_vmunet.engine.training.finetuner import FineTuner
-    from napari_vmunet.engine.training.settings import FINE_TUNING
+    from napari_vmunet.engine.training.settings import fine_tuning
     from napari_vmunet.io import read_image
     from napari_vmunet.recipes import chosen_recipe
 
@@ -123,13 +123,13 @@ def usefulness(args, device):
     else:  # three slices through the structure, at 30, 50 and 70 % of its extent
         corrected = [holding[int(len(holding) * q)] for q in (0.3, 0.5, 0.7)]
     recipe = chosen_recipe(base, args.recipe)
-    settings = replace(FINE_TUNING, decoder_only=FINE_TUNING.decoder_only
+    defaults = fine_tuning(args.learn) if args.learn else fine_tuning()
+    settings = replace(defaults, decoder_only=defaults.decoder_only
                        if args.decoder_only is None else args.decoder_only,
-                       steps=args.steps or FINE_TUNING.steps,
-                       batch_size=args.batch_size or FINE_TUNING.batch_size,
-                       learning_rate=args.lr or FINE_TUNING.learning_rate,
-                       held_out=FINE_TUNING.held_out if args.held_out is None else args.held_out,
-                       learn=args.learn or FINE_TUNING.learn)
+                       steps=args.steps or defaults.steps,
+                       batch_size=args.batch_size or defaults.batch_size,
+                       learning_rate=args.lr or defaults.learning_rate,
+                       held_out=defaults.held_out if args.held_out is None else args.held_out)
 
     def segmented(model, uncertainty=False, prior=None):
         _sync(device)
@@ -250,20 +250,20 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--image", type=Path)
     parser.add_argument("--mask", type=Path)
-    parser.add_argument("--steps", type=int, help="fine-tuning steps (default: FINE_TUNING's)")
+    parser.add_argument("--steps", type=int, help="fine-tuning steps (default: the learner's)")
     parser.add_argument("--slices", help="corrected slices, e.g. 4,7,10 (default: three "
                         "through the structure)")
     parser.add_argument("--axis", type=int, help="slicing axis (default: the axial one)")
     parser.add_argument("--recipe", help="preprocessing (default: the checkpoint's own)")
     parser.add_argument("--seeds", type=int, default=1, help="fine-tuning runs, seeds 0..N-1")
     parser.add_argument("--decoder-only", action=argparse.BooleanOptionalAction,
-                        help="keep the encoder frozen (default: FINE_TUNING's)")
-    parser.add_argument("--batch-size", type=int, help="default: FINE_TUNING's")
+                        help="keep the encoder frozen (default: the learner's)")
+    parser.add_argument("--batch-size", type=int, help="default: the learner's")
     parser.add_argument("--learn", choices=("classifier", "network"),
-                        help="what learns (default: FINE_TUNING's)")
-    parser.add_argument("--lr", type=float, help="learning rate (default: FINE_TUNING's)")
+                        help="what learns (default: the learner's)")
+    parser.add_argument("--lr", type=float, help="learning rate (default: the learner's)")
     parser.add_argument("--held-out", type=float,
-                        help="share of the corrected slices held out (default: FINE_TUNING's)")
+                        help="share of the corrected slices held out (default: the learner's)")
     parser.add_argument("--next", type=int, default=0, metavar="K",
                         help="a second round with K more slices, suggested vs evenly spaced")
     parser.add_argument("--throughput", action="store_true")

@@ -19,6 +19,7 @@ import argparse
 import platform
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     from napari_vmunet.engine import Segmenter
     from napari_vmunet.engine.events import SegmentationDone, TrainingStep
     from napari_vmunet.engine.training.finetuner import FineTuner
-    from napari_vmunet.engine.training.settings import FINE_TUNING, TrainingSettings
+    from napari_vmunet.engine.training.settings import FINE_TUNING_NETWORK
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -155,6 +156,7 @@ def main(argv=None) -> int:
     tune.labels_choice.value = "corrected"
     tune.axis.value = 0
     tune.device.value = args.device
+    tune.learn.value = "network"  # the slow learner: steps long enough to time and to stop
     tune.steps.value = args.steps
     tune.refresh_slices()
     wait(app, lambda: not tune._warmer.is_running)  # as while a user paints corrections
@@ -163,10 +165,10 @@ def main(argv=None) -> int:
         steps, stall = run_in_widget(app, tune, beat, lambda e: isinstance(e, TrainingStep))
         stalls.append(stall)
         rates_worker.append(steps[-1].images_per_second)
-        settings = TrainingSettings(steps=args.steps, batch_size=tune.batch.value, learn="network",
-                                    learning_rate=tune.learning_rate.value,
-                                    validate_every=max(1, min(FINE_TUNING.validate_every,
-                                                              args.steps // 10)))
+        settings = replace(FINE_TUNING_NETWORK, steps=args.steps, batch_size=tune.batch.value,
+                           learning_rate=tune.learning_rate.value,
+                           validate_every=max(1, min(FINE_TUNING_NETWORK.validate_every,
+                                                     args.steps // 10)))
         tuner = FineTuner(type(tune.tuned)(tune.tuned.config), ct.data,
                           tumour.data.astype(np.int64), corrected, 0,
                           tune.tuner.recipe, settings, args.device,

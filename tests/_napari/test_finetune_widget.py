@@ -268,8 +268,11 @@ def test_closing_the_window_asks_before_discarding_a_fine_tuned_model(
 
 def test_stop_before_the_first_validation_keeps_nothing_it_cannot_vouch_for(session, qtbot):
     viewer, _, tune = session
+    assert not tune.batch.enabled and not tune.decoder_only.enabled  # the classifier's
+    assert (tune.steps.value, tune.learning_rate.value) == (300, 3e-3)
     tune.learn.value = "network"  # slow enough steps to stop before step 20
     assert tune.batch.enabled and tune.decoder_only.enabled
+    assert (tune.steps.value, tune.learning_rate.value) == (200, 3e-4)  # the network's
     fine_tune(viewer, tune, qtbot, steps=5000)
     qtbot.waitUntil(lambda: len(tune.plot.loss) >= 1, timeout=120000)
     tune.stop()

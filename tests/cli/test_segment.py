@@ -109,7 +109,8 @@ def test_the_help_lists_every_recipe_window_and_architecture(capsys):
         assert all(name in text for text in helps.values()), name
     assert all(name in helps["segment"] for name in CT_WINDOWS)
     assert all(name in helps["train"] for name in PRESETS)
-    assert "(200)" in helps["finetune"] and "(2000)" in helps["train"]  # the settings' defaults
+    assert "(300 for the classifier, 200 for the network)" in helps["finetune"]  # the defaults
+    assert "(2000)" in helps["train"]
 
 
 def test_torchrun_shares_files_and_matches_one_process(inputs, tiny_checkpoint, tmp_path):

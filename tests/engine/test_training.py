@@ -4,6 +4,7 @@ is tests/engine/test_classifier.py."""
 
 import io
 import itertools
+from dataclasses import replace
 from typing import ClassVar
 
 import numpy as np
@@ -16,7 +17,7 @@ from napari_vmunet.engine.events import Notice, TrainingDone, TrainingStep, Vali
 from napari_vmunet.engine.training import trainer as trainer_module
 from napari_vmunet.engine.training.data import prepare_slices, split_slices
 from napari_vmunet.engine.training.finetuner import FineTuner
-from napari_vmunet.engine.training.settings import TrainingSettings
+from napari_vmunet.engine.training.settings import FINE_TUNING_NETWORK, TrainingSettings
 from napari_vmunet.engine.training.trainer import Trainer
 from napari_vmunet.io import read_image
 from napari_vmunet.model import VMUNet, VMUNetConfig
@@ -37,7 +38,7 @@ def head():
 
 def network_settings(**fields):
     """Settings in which the network itself learns."""
-    return TrainingSettings(**{"learn": "network", **fields})
+    return replace(FINE_TUNING_NETWORK, **fields)
 
 
 def small_model(seed=0, **config):

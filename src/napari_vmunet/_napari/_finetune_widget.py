@@ -33,7 +33,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 
-from ..engine.training.settings import FINE_TUNING
+from ..engine.training.settings import FINE_TUNING, fine_tuning
 from ._controls import LayerChoice, button_row, device_control, recipe_controls
 from ._fit import ScrollingDock, WrappedText
 from ._layers import PREDICTION_KEY, layer_spacing_mm, viewer_slicing_axis
@@ -98,9 +98,10 @@ class FineTuneWidget(ScrollingDock):
             # short: the dock is narrow, and the tooltip says the rest
             choices=[("classifier (fast)", "classifier"), ("network (slow)", "network")],
             tooltip="a pixel classifier on the model's features and your corrected slices' "
-            "shapes: seconds, also on a CPU, and from three slices better on four of the six "
-            "volumes we measured; or the network itself (minutes on a CPU; learning rate, "
-            "batch size and decoder only apply to it)")
+            "shapes: seconds, also on a CPU, and from three slices better on four of the five "
+            "volumes we measured and as good on the fifth; or the network itself (minutes on "
+            "a CPU; batch size and decoder only apply to it). Steps and learning rate change "
+            "to the choice's defaults")
         self.steps = SpinBox(label="steps", min=1, max=100_000, value=FINE_TUNING.steps)
         self.learning_rate = FloatSpinBox(label="learning rate", min=1e-5, max=1e-2, step=1e-5,
                                           value=FINE_TUNING.learning_rate)
@@ -146,8 +147,8 @@ class FineTuneWidget(ScrollingDock):
         self._refresh_timer.setInterval(_REFRESH_DELAY_MS)
         self._refresh_timer.timeout.connect(self.refresh_slices)
         self.labels_choice.changed.connect(self._follow_labels_layer)
-        self.learn.changed.connect(self._show_network_settings)
-        self._show_network_settings()
+        self.learn.changed.connect(self._show_learner_settings)
+        self._show_learner_settings()
         self.axis.changed.connect(self.refresh_slices)
         self.goto_button.clicked.connect(self.go_to_selected)
         self.slice_list.native.itemDoubleClicked.connect(lambda _item: self.go_to_selected())
@@ -168,10 +169,13 @@ class FineTuneWidget(ScrollingDock):
         self.native.destroyed.connect(self._disconnect)
         self._warm_up()
 
-    def _show_network_settings(self, _value=None) -> None:
-        """The network's settings are greyed out while the classifier learns."""
+    def _show_learner_settings(self, _value=None) -> None:
+        """Steps and learning rate show the defaults of what learns; the network's own
+        settings are greyed out while the classifier learns."""
+        defaults = fine_tuning(self.learn.value)
+        self.steps.value, self.learning_rate.value = defaults.steps, defaults.learning_rate
         network = self.learn.value == "network"
-        for control in (self.learning_rate, self.batch, self.decoder_only):
+        for control in (self.batch, self.decoder_only):
             control.enabled = network
 
     def _warm_up(self) -> None:
@@ -313,9 +317,9 @@ class FineTuneWidget(ScrollingDock):
             return
         try:
             settings = replace(
-                FINE_TUNING, steps=self.steps.value, learning_rate=self.learning_rate.value,
-                batch_size=self.batch.value, decoder_only=self.decoder_only.value,
-                learn=self.learn.value,
+                fine_tuning(self.learn.value), steps=self.steps.value,
+                learning_rate=self.learning_rate.value, batch_size=self.batch.value,
+                decoder_only=self.decoder_only.value,
                 # about ten validations, for a short run too
                 validate_every=max(1, min(FINE_TUNING.validate_every, self.steps.value // 10)))
         except ValueError as exc:

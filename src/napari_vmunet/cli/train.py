@@ -11,14 +11,22 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from ..engine.training.settings import DATA_SET_TRAINING, FINE_TUNING, LEARN
+from ..engine.training.settings import (
+    DATA_SET_TRAINING,
+    FINE_TUNING,
+    FINE_TUNING_NETWORK,
+    LEARN,
+    fine_tuning,
+)
 from ..model.config import PRESETS
 from ..recipes import RECIPES
 
 
 def _settings(args, defaults):
-    """The run's TrainingSettings: ``defaults`` with what the command line set."""
-    return replace(defaults, steps=args.steps, learning_rate=args.lr,
+    """The run's TrainingSettings: ``defaults`` with what the command line set (steps and
+    learning rate left unset keep the defaults')."""
+    return replace(defaults, steps=args.steps or defaults.steps,
+                   learning_rate=args.lr or defaults.learning_rate,
                    batch_size=args.batch_size, validate_every=args.validate_every,
                    decoder_only=args.decoder_only, seed=args.seed)
 
@@ -63,14 +71,14 @@ def finetune(args: argparse.Namespace) -> int:
     slices = [int(s) for s in args.slices.split(",")] if args.slices else None
     tuner = FineTuner(model, image.data, labels.data.astype(int, copy=False), slices=slices,
                       axis=axis, recipe=chosen_recipe(model, args.recipe),
-                      settings=replace(_settings(args, FINE_TUNING), held_out=args.held_out,
-                                       learn=args.learn),
+                      settings=replace(_settings(args, fine_tuning(args.learn)),
+                                       held_out=args.held_out),
                       device=args.device,
                       extend_classes=args.extend_classes, spacing=image.geometry.spacing_mm())
     print(f"fine-tuning on {len(tuner.slices)} slice(s) along axis {tuner.axis}: "
           f"{', '.join(map(str, tuner.slices[:20]))}{' ...' if len(tuner.slices) > 20 else ''}")
     done = None
-    for event in _progress(tuner.run(), args.steps, args.quiet, "fine-tuning"):
+    for event in _progress(tuner.run(), tuner.settings.steps, args.quiet, "fine-tuning"):
         if isinstance(event, TrainingDone):
             done = event
     provenance = {"image": Path(args.image).name, "labels": Path(args.labels).name,
@@ -205,9 +213,9 @@ def train(args: argparse.Namespace) -> int:
     if rank.world_size > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(
             LogitsOf(model), device_ids=[device.index] if device.type == "cuda" else None)
-    trainer = Trainer(model, data.subset(train_idx), data.subset(val_idx),
-                      replace(_settings(args, DATA_SET_TRAINING), batch_size=per_process,
-                              zoom=args.zoom, gamma=args.gamma),
+    settings = replace(_settings(args, DATA_SET_TRAINING), batch_size=per_process,
+                       zoom=args.zoom, gamma=args.gamma)
+    trainer = Trainer(model, data.subset(train_idx), data.subset(val_idx), settings,
                       device, ddp_model=ddp, rank=rank.rank, value_range=recipe.value_range)
     if args.resume:
         trainer.load_state(torch.load(state_path, map_location="cpu", weights_only=True))
@@ -219,7 +227,7 @@ def train(args: argparse.Namespace) -> int:
     done = None
     events = trainer.run()
     if rank.is_main:
-        events = _progress(events, args.steps, args.quiet, "training")
+        events = _progress(events, settings.steps, args.quiet, "training")
     for event in events:
         if isinstance(event, TrainingStep) and rank.is_main and event.step % args.save_every == 0:
             _save_state(trainer.state(), state_path)
@@ -249,16 +257,16 @@ def _save_state(state: dict, path: Path) -> None:
 
 
 def add_parsers(commands) -> None:
-    def common(p, defaults):
+    def common(p, defaults, steps_help=None, lr_help=None):
         p.add_argument("-o", "--output", required=True, help="the new .safetensors checkpoint")
         p.add_argument("--checkpoint", help="the model to start from (.pth or .safetensors; "
                        "finetune's default: the bundled T1 brain model)")
         p.add_argument("--recipe", help=f"preprocessing: {', '.join(RECIPES)} (default: the "
                        "checkpoint's own)")
-        p.add_argument("--steps", type=int, default=defaults.steps,
-                       help=f"training steps ({defaults.steps})")
-        p.add_argument("--lr", type=float, default=defaults.learning_rate,
-                       help=f"peak learning rate ({defaults.learning_rate:g})")
+        p.add_argument("--steps", type=int, default=None,
+                       help=f"training steps ({steps_help or defaults.steps})")
+        p.add_argument("--lr", type=float, default=None,
+                       help=f"peak learning rate ({lr_help or f'{defaults.learning_rate:g}'})")
         p.add_argument("--batch-size", type=int, default=defaults.batch_size,
                        help=f"slices per step ({defaults.batch_size})")
         p.add_argument("--validate-every", type=int, default=defaults.validate_every,
@@ -284,7 +292,7 @@ def add_parsers(commands) -> None:
     ft.add_argument("--learn", choices=LEARN, default=FINE_TUNING.learn,
                     help="what learns: 'classifier', a pixel classifier on the model's "
                     "features and your corrected slices' shapes (seconds, also on a CPU; "
-                    "--lr and --batch-size are the network's and do not apply), or "
+                    "--batch-size is the network's and does not apply), or "
                     f"'network', the model itself (see --decoder-only) ({FINE_TUNING.learn})")
     ft.add_argument("--held-out", type=float, default=FINE_TUNING.held_out, metavar="SHARE",
                     help="the share of the corrected slices kept out of training to validate "
@@ -302,7 +310,11 @@ def add_parsers(commands) -> None:
     ft.add_argument("--suggest", type=int, metavar="N", default=0,
                     help="then print the N uncorrected slices the fine-tuned model is least "
                     "sure of: the ones to correct next")
-    common(ft, FINE_TUNING)
+    common(ft, FINE_TUNING,
+           steps_help=f"{FINE_TUNING.steps} for the classifier, "
+           f"{FINE_TUNING_NETWORK.steps} for the network",
+           lr_help=f"{FINE_TUNING.learning_rate:g} for the classifier, "
+           f"{FINE_TUNING_NETWORK.learning_rate:g} for the network")
     ft.set_defaults(run=finetune)
 
     tr = commands.add_parser(

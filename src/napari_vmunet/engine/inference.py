@@ -42,6 +42,13 @@ class _Layout:
     slice_axis: int | None  # None: a single 2D image
 
 
+NO_PRIOR_NOTE = (
+    "this model was fine-tuned to read the shapes of corrected slices, and none were given: it "
+    "goes by the image alone and can miss the structure. Apply it where you corrected slices "
+    "(the Fine-tune widget's Apply, or finetune --apply), or correct a few slices of this "
+    "image and fine-tune again")
+
+
 class Segmenter:
     """Runs a VM-UNet over images and volumes with the checkpoint's preprocessing recipe.
 
@@ -147,6 +154,8 @@ class Segmenter:
         labels_view = _labels_view(labels, layout)
         if prior is not None:
             _check_prior(prior, self.model.config.head_priors, (h, w), layout)
+        elif self.model.config.head_priors:
+            notes.append(NO_PRIOR_NOTE)
         probs = probs_view = None
         if probabilities:
             extra = () if self.num_classes == 1 else (self.num_classes,)

@@ -5,9 +5,9 @@ each pixel from the frozen network's own features there (the first two encoder s
 decoder's last, brought to full resolution), a bank of intensity filters (smoothed intensity,
 edges and blobs at three scales, as ilastik's pixel classifier uses), and, when the corrected
 slices of the same volume are known, their shape carried to this slice (a signed distance in
-mm, see :class:`...engine.shape_prior.ShapePrior`). Measured on six real volumes with three
-corrected slices it generalised better than training the decoder on four, as well on one and
-worse on one, in a twentieth of the time or less (benchmarks/RESULTS.md, 2026-12-03).
+mm, see :class:`...engine.shape_prior.ShapePrior`). Measured on five real volumes with three
+corrected slices it generalised better than training the decoder on four and as well on the
+fifth, in a twentieth of the time or less (benchmarks/RESULTS.md, 2026-12-03 and 2026-12-04).
 
 The first layer is linear, and so are the normalisation and bilinear upsampling: each group of
 features is multiplied at its own resolution and only the hidden width is brought to full
@@ -24,7 +24,10 @@ from torch import nn
 
 SIGMAS = (1.0, 2.0, 4.0)  # filter scales in model pixels
 FILTERS = 1 + 3 * len(SIGMAS)  # intensity; smoothed, gradient magnitude, Laplacian per scale
-PRIOR_SCALE_MM = 10.0  # the shape prior enters as tanh(distance / 10 mm): near the edge it counts
+# The shape prior enters as tanh(distance / 6 mm): near the edge it counts. 6 mm did better on
+# the lung CT tumour than 10 (0.85-0.86 vs 0.85) or 15 mm (0.82-0.84), and no worse on a brain
+# lesion (benchmarks/RESULTS.md, 2026-12-04).
+PRIOR_SCALE_MM = 6.0
 
 
 def intensity_filters(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +83,8 @@ class PixelHead(nn.Module):
     def forward(self, x, skips, decoded, prior=None) -> torch.Tensor:
         """Logits (B, classes, H, W) for model inputs ``x`` (B, C, H, W), the encoder's stage
         inputs ``skips`` and the decoder's output ``decoded`` (channels last), and ``prior``
-        (B, priors, H, W) or None (no corrections known: read as no evidence either way)."""
+        (B, priors, H, W) or None (no corrections known: read as on the edge, which a head
+        trained with a prior may take for outside)."""
         size = x.shape[-2:]
         w = self.first.weight / self.std  # normalisation folded into the first layer
         b = self.first.bias - w @ self.mean

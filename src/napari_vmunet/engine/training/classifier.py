@@ -3,14 +3,15 @@ CPU too, since the network itself does not learn.
 
 The network runs once over the corrected slices; its features there, the intensity filters and
 the shape prior are sampled into a table of pixels (at most MAX_PIXELS_PER_CLASS of a class per
-slice), and the head's MLP is fitted on that table: each step draws as many pixels of every
-class, weighted back to the class's share of the table. A large background thus counts less
-than its area; on a 512² lung CT, a table closer to the true share (150,000 a slice) lowered
-Dice on the other slices from 0.78 to 0.67 (benchmarks/RESULTS.md, 2026-12-03). The
+slice, stored as float16), and the head's MLP is fitted on that table: each step draws as many
+pixels of every class, weighted back to the class's share of the slices' area, so that the
+head learns the true odds of a pixel being the structure (a rare structure stays rare). The
 prior each corrected slice trains with is the one the *other* corrected slices give it
 (:class:`..shape_prior.ShapePrior` with ``leave_out``): what the head will see on the slices
-the user did not paint. In some steps the prior is hidden, so that the saved model also works
-on a volume without corrections. Events are the network trainer's (:mod:`..events`).
+the user did not paint. Weighting by a subsample's share instead, or hiding the prior in a
+quarter of the steps (to teach the head to do without one), cost the lung CT tumour 0.04-0.13
+Dice (benchmarks/RESULTS.md, 2026-12-04); a model saved from here therefore expects the prior
+(the Segmenter says so when it gets none). Events are the network trainer's (:mod:`..events`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,8 @@ from .losses import dice_per_class, predicted_labels
 from .settings import TrainingSettings
 from .trainer import cpu_copy
 
-LEARNING_RATE = 3e-3  # the head's own: a small MLP on normalised inputs, AdamW
 PIXELS_PER_CLASS = 2048  # per step
-MAX_PIXELS_PER_CLASS = 20000  # per slice kept in the table
-PRIOR_HIDDEN = 0.25  # the share of steps' pixels that train without the prior
+MAX_PIXELS_PER_CLASS = 150_000  # per slice kept in the table: all of a 384² slice
 
 
 class ClassifierTrainer:
@@ -64,31 +63,26 @@ class ClassifierTrainer:
             p.requires_grad_(False)
         head = self.head
         with torch.no_grad():
-            table, labels = self._pixel_table()
-            head.mean.copy_(table.mean(0))
-            head.std.copy_(table.std(0).clamp_min(1e-6))
+            table, labels, counts, mean, std = self._pixel_table()
+            head.mean.copy_(mean)
+            head.std.copy_(std.clamp_min(1e-6))
         for p in head.parameters():
             p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(head.parameters(), lr=LEARNING_RATE,
+        optimizer = torch.optim.AdamW(head.parameters(), lr=s.learning_rate,
                                       weight_decay=s.weight_decay)
         classes = torch.unique(labels)
         members = [torch.nonzero(labels == c)[:, 0] for c in classes]
-        share = torch.tensor([len(m) / len(labels) for m in members])
-        # each class's pixels of a step weigh its share of the table (constant over the steps)
+        share = counts[classes] / counts.sum()
+        # each class's pixels of a step weigh the class's share of the slices' area
         weight = (share.repeat_interleave(PIXELS_PER_CLASS) * len(members)).to(self.device)
-        priors = head.priors
         head.train()
         while self.step < s.steps:
-            rate = LEARNING_RATE * 0.5 * (1 + np.cos(np.pi * self.step / s.steps))
+            rate = s.learning_rate * 0.5 * (1 + np.cos(np.pi * self.step / s.steps))
             for group in optimizer.param_groups:
                 group["lr"] = rate
             index = torch.cat([m[torch.randint(len(m), (PIXELS_PER_CLASS,),
                                                generator=self.generator)] for m in members])
-            z = table[index]
-            if priors:
-                hidden = torch.rand(len(z), generator=self.generator) < PRIOR_HIDDEN
-                z[hidden, -priors:] = 0.0  # no evidence either way: what no prior reads as
-            logits = head.classify(z.to(self.device))
+            logits = head.classify(table[index].to(self.device, torch.float32))
             target = labels[index].to(self.device)
             if self.num_classes == 1:
                 loss = F.binary_cross_entropy_with_logits(logits[:, 0], target.float(),
@@ -120,10 +114,14 @@ class ClassifierTrainer:
             self.model.load_state_dict(self.best_state)
 
     @torch.no_grad()
-    def _pixel_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pixel_table(self):
         """Every class's pixels of the training slices (up to MAX_PIXELS_PER_CLASS per slice,
-        drawn at random) as rows of features, on the CPU; and their labels."""
+        drawn at random) as rows of features, float16 on the CPU; their labels; how many
+        pixels of each class the slices hold in all (the table's rows of a class stand for
+        them); and the rows' mean and standard deviation (float32, from float64 sums)."""
         rows, labels = [], []
+        counts = torch.zeros(max(2, self.num_classes))
+        total = square = 0.0
         for i in range(len(self.train)):
             h, w = self.train.sizes[i]
             features = self._features(self.train, self.train_priors, i)[0, :, :h, :w]
@@ -131,12 +129,18 @@ class ClassifierTrainer:
             features = features.flatten(1).T.cpu()
             for c in torch.unique(y):
                 where = torch.nonzero(y == c)[:, 0]
+                counts[c] += len(where)
                 if len(where) > MAX_PIXELS_PER_CLASS:
                     keep = torch.randperm(len(where), generator=self.generator)
                     where = where[keep[:MAX_PIXELS_PER_CLASS]]
-                rows.append(features[where])
+                kept = features[where].double()
+                total, square = total + kept.sum(0), square + (kept * kept).sum(0)
+                rows.append(kept.half())
                 labels.append(y[where])
-        return torch.cat(rows).float(), torch.cat(labels)
+        table = torch.cat(rows)
+        mean = total / len(table)
+        std = (square / len(table) - mean * mean).clamp_min(0).sqrt()
+        return table, torch.cat(labels), counts, mean.float(), std.float()
 
     def _network(self, x: torch.Tensor):
         """The network's part of the head's inputs, in the precision the Segmenter will use
