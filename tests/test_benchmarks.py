@@ -40,3 +40,17 @@ def test_compare_refuses_a_baseline_folder_without_the_package(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "holds no napari_vmunet package" in done.stderr
+
+
+def test_coldstart_times_fresh_processes_first_and_warm(tmp_path):
+    """benchmarks/coldstart.py runs each command twice in a fresh process on one cache and
+    prints a row with both times (here on the CPU, one small new size)."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "coldstart.py"),
+                           "--device", "cpu", "--rows", "sizes", "--sizes", "40x48",
+                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = done.stdout.splitlines()[-1].split()
+    assert row[:3] == ["new", "size", "40x48"] and len(row) == 6
+    assert all(float(v) > 0 for v in row[3:5])
+    assert (tmp_path / "labels_40x48.nii.gz").exists()

@@ -25,8 +25,8 @@ from ..recipes import RECIPES
 def _settings(args, defaults):
     """The run's TrainingSettings: ``defaults`` with what the command line set (steps and
     learning rate left unset keep the defaults')."""
-    return replace(defaults, steps=args.steps or defaults.steps,
-                   learning_rate=args.lr or defaults.learning_rate,
+    return replace(defaults, steps=defaults.steps if args.steps is None else args.steps,
+                   learning_rate=defaults.learning_rate if args.lr is None else args.lr,
                    batch_size=args.batch_size, validate_every=args.validate_every,
                    decoder_only=args.decoder_only, seed=args.seed)
 
