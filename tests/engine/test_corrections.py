@@ -69,10 +69,11 @@ def test_connectivity_follows_each_class_and_what_the_user_erased():
     assert connected_to_corrections(flat, [0], axis=None) == 0 and (flat == volume[4]).all()
 
 
-def test_suggestions_stay_on_and_beside_the_structure():
+def test_suggestions_stay_on_the_structure():
     labels = np.zeros((4, 10, 6), np.uint8)
     labels[:, 3:5, 2] = 1  # on slices 3 and 4 along axis 1
-    assert structure_slices(labels, axis=1) == [2, 3, 4, 5]
+    assert structure_slices(labels, axis=1) == [3, 4]
+    assert structure_slices(labels, axis=1, margin=1) == [2, 3, 4, 5]
     assert structure_slices(labels, axis=1, margin=3) == [0, 1, 2, 3, 4, 5, 6, 7]
     assert structure_slices(np.zeros_like(labels), axis=0) == []
     unsure = np.array([0, 9, 1, 2, 3, 8, 0, 0, 7, 0], float)  # most unsure far away: 1, 5, 8

@@ -132,7 +132,7 @@ def _apply(model, tuner, image, labels, path: Path | None, args) -> None:
         among = None if tuner.axis is None else structure_slices(merged, tuner.axis)
         suggested = slices_to_correct(done.uncertainty, args.suggest, tuner.slices, among)
         print(f"suggest: correct slices {', '.join(map(str, suggested)) or 'none'} next "
-              "(where the fine-tuned model is least sure, on and beside the structure)")
+              "(where the fine-tuned model is least sure, on the structure)")
     if path is None:
         return
     write_labels(merged, path, labels.geometry, overwrite=args.overwrite)

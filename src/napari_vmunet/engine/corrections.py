@@ -101,13 +101,16 @@ def slices_to_correct(uncertainty: np.ndarray, count: int, corrected: Sequence[i
     return chosen
 
 
-def structure_slices(labels: np.ndarray, axis: int, margin: int = 1) -> list[int]:
+def structure_slices(labels: np.ndarray, axis: int, margin: int = 0) -> list[int]:
     """The slices along ``axis`` from the first holding a label to the last, and ``margin``
-    more on each side: where a correction can still change what Apply keeps. After Apply,
-    labels beyond them reach no correction and are left out anyway, so a slice the model is
-    unsure of far from the structure is not worth the user's time (measured: suggestions
-    from the whole volume picked such slices and lost 0.05-0.08 Dice of the volume to evenly
-    spaced ones on two of four volumes, benchmarks/RESULTS.md 2026-12-03)."""
+    more on each side: where the user's structure is. After Apply, labels beyond them reach no
+    correction and are left out anyway, so a slice the model is unsure of far from the
+    structure is not worth the user's time (measured: suggestions from the whole volume picked
+    such slices and lost 0.05-0.08 Dice of the volume to evenly spaced ones on two of four
+    volumes, benchmarks/RESULTS.md 2026-12-03). With one slice more on each side, a brain
+    lesion's suggestion fell on an empty slice past its end and lost 0.02-0.03 to evenly spaced
+    slices; without, the suggestions were level with them there and better on two other
+    volumes (2026-12-04)."""
     along = np.moveaxis(np.asarray(labels), axis, 0)
     holding = np.flatnonzero(along.reshape(along.shape[0], -1).any(1))
     if not holding.size:
