@@ -123,7 +123,7 @@ def usefulness(args, device):
     else:  # three slices through the structure, at 30, 50 and 70 % of its extent
         corrected = [holding[int(len(holding) * q)] for q in (0.3, 0.5, 0.7)]
     recipe = chosen_recipe(base, args.recipe)
-    defaults = fine_tuning(args.learn) if args.learn else fine_tuning()
+    defaults = fine_tuning(args.learn)
     settings = replace(defaults, decoder_only=defaults.decoder_only
                        if args.decoder_only is None else args.decoder_only,
                        steps=args.steps or defaults.steps,
@@ -259,8 +259,8 @@ def main(argv=None) -> int:
     parser.add_argument("--decoder-only", action=argparse.BooleanOptionalAction,
                         help="keep the encoder frozen (default: the learner's)")
     parser.add_argument("--batch-size", type=int, help="default: the learner's")
-    parser.add_argument("--learn", choices=("classifier", "network"),
-                        help="what learns (default: the learner's)")
+    parser.add_argument("--learn", choices=("classifier", "network"), default="classifier",
+                        help="what learns (default: classifier)")
     parser.add_argument("--lr", type=float, help="learning rate (default: the learner's)")
     parser.add_argument("--held-out", type=float,
                         help="share of the corrected slices held out (default: the learner's)")

@@ -315,13 +315,13 @@ class FineTuneWidget(ScrollingDock):
             show_info("VM-UNet: no corrected slices yet: paint on a few slices of the labels "
                       "layer, or add the current slice")
             return
+        defaults = fine_tuning(self.learn.value)
         try:
             settings = replace(
-                fine_tuning(self.learn.value), steps=self.steps.value,
-                learning_rate=self.learning_rate.value, batch_size=self.batch.value,
-                decoder_only=self.decoder_only.value,
+                defaults, steps=self.steps.value, learning_rate=self.learning_rate.value,
+                batch_size=self.batch.value, decoder_only=self.decoder_only.value,
                 # about ten validations, for a short run too
-                validate_every=max(1, min(FINE_TUNING.validate_every, self.steps.value // 10)))
+                validate_every=max(1, min(defaults.validate_every, self.steps.value // 10)))
         except ValueError as exc:
             show_error(f"VM-UNet: {exc}")
             return

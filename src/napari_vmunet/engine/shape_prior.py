@@ -4,8 +4,8 @@ structure probably is, before looking at the image.
 Between two corrected slices the shape is interpolated (the signed distances to their outlines,
 weighted by how near each slice is: shape-based interpolation, as 3D Slicer's "fill between
 slices"); beyond the first and last corrected slice it is extrapolated from the last two and
-shrinks by at least SHRINK_PER_MM per mm, as anatomy tapers towards its ends. It is an input of the
-pixel head (:mod:`..model.pixel_head`), which learns how far to trust it against the image.
+shrinks by at least SHRINK_PER_MM per mm, as anatomy tapers towards its ends. It is an input of
+the pixel head (:mod:`..model.pixel_head`), which learns how far to trust it against the image.
 No torch here.
 """
 
@@ -54,7 +54,7 @@ class ShapePrior:
         if not known:
             # one corrected slice, left out: as its neighbour would see it, one slice on (with
             # nothing at all to go on, the head learned to ignore the prior it then gets)
-            return self._distance[index] + self.slice_mm * SHRINK_PER_MM
+            return self._shrunk(index, 1)
         below = [s for s in known if s < index]
         above = [s for s in known if s > index]
         if below and above:
@@ -62,14 +62,17 @@ class ShapePrior:
             return ((b - index) * self._distance[a] + (index - a) * self._distance[b]) / (b - a)
         side = below[::-1] if below else above  # nearest first
         a = side[0]
-        mm = abs(index - a) * self.slice_mm
-        shrunk = self._distance[a] + mm * SHRINK_PER_MM
+        shrunk = self._shrunk(a, abs(index - a))
         if len(side) > 1:
             b = side[1]
             trend = self._distance[a] + (self._distance[a] - self._distance[b]) * (
                 abs(index - a) / abs(a - b))
             shrunk = np.maximum(trend, shrunk)
         return shrunk.astype(np.float32, copy=False)
+
+    def _shrunk(self, index: int, slices: int) -> np.ndarray:
+        """Corrected slice ``index``'s shape carried ``slices`` slices on, shrinking."""
+        return self._distance[index] + slices * self.slice_mm * SHRINK_PER_MM
 
     def stack(self, indices: Sequence[int], leave_out: bool = False) -> np.ndarray:
         """(len(indices), classes, h, w)."""
